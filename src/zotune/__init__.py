@@ -1,0 +1,51 @@
+"""zotune: zeroth-order (forward-only) fine-tuning of language models.
+
+>>> import zotune
+>>> opt = zotune.mezo(model.named_parameters(), lr=1e-6, eps=1e-3)
+>>> loss = opt.step(lambda: loss_fn(model(x), y))
+"""
+
+from zotune.core import (
+    CounterSampler,
+    DecoupledWeightDecay,
+    Direction,
+    Estimator,
+    LearningRate,
+    Sampler,
+    StepRecord,
+    TorchGeneratorSampler,
+    Transform,
+    TwoPointEstimator,
+    ZOOptimizer,
+    available_samplers,
+    make_sampler,
+    register_sampler,
+)
+from zotune.core.replay import replay
+from zotune.methods import Component, available_methods, build_optimizer, compose, mezo, register_component
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CounterSampler",
+    "DecoupledWeightDecay",
+    "Direction",
+    "Estimator",
+    "LearningRate",
+    "Sampler",
+    "StepRecord",
+    "TorchGeneratorSampler",
+    "Transform",
+    "TwoPointEstimator",
+    "ZOOptimizer",
+    "available_methods",
+    "available_samplers",
+    "build_optimizer",
+    "make_sampler",
+    "mezo",
+    "register_component",
+    "Component",
+    "compose",
+    "register_sampler",
+    "replay",
+]

@@ -1,0 +1,27 @@
+"""Replay: rebuild fine-tuned weights from the base weights and a list of step records.
+
+A ZO run's whole update is ``(step, seed, coefficients, lrs, weight_decays)`` per step (a few dozen bytes),
+because every direction z can be regenerated from the seed. Given an optimizer built exactly like the one
+that trained (same method options, same parameters in the same groups, on the *base* weights), replaying
+the records reproduces the trained weights up to floating-point rounding of the fused passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from zotune.core.optimizer import StepRecord, ZOOptimizer
+
+
+def replay(optimizer: ZOOptimizer, records: Iterable[StepRecord]) -> int:
+    """Apply ``records`` in order to ``optimizer``'s parameters; returns how many were applied.
+
+    Only the update rules (learning rate, weight decay) are replayed; transforms that act after the step
+    (such as DiZO's projection) are not part of a record.
+    """
+    count = 0
+    for record in records:
+        optimizer.apply_record(record)
+        count += 1
+    optimizer.step_count = max(optimizer.step_count, count)
+    return count

@@ -1,0 +1,330 @@
+"""Losses and scores for fine-tuning a causal LM on a task, computed forward-only.
+
+Classification and multiple choice are language modelling: a candidate's score is the mean
+log-probability of its tokens after the prompt. The vocabulary projection is the expensive part
+of a small model's forward (Gemma-3 has 262k tokens), so logits are computed only where they are
+used: the hidden states are taken at the scored positions and multiplied by the rows of the
+output embedding that are needed.
+
+* Fast path (every candidate is one token, e.g. " great" / " terrible"): one sequence per example
+  (the prompt alone) and ``hidden[last] @ W[candidate_ids].T``. These logits differ from the true
+  log-probabilities by the log-partition of that position, the same for every candidate of the
+  example, so the cross-entropy over candidates and the argmax are exactly those of the full path.
+* General path: one sequence per (example, candidate); full-vocabulary log-softmax, but only at
+  the candidate's positions, never at the prompt's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zotune.llm.metrics import f1_score, max_over_answers
+from zotune.llm.peft import base_causal_lm
+from zotune.llm.tasks.base import Example
+
+__all__ = [
+    "OBJECTIVES", "Scorer", "candidate_scores", "classification_loss", "lm_loss", "generate_answers",
+    "nondiff_loss", "full_logits_scores", "resolve_objective",
+]
+
+# ce: cross-entropy over candidates; lm: teacher-forced token loss on the answer / gold candidate;
+# f1 / accuracy: non-differentiable, minus the metric of the model's own output
+OBJECTIVES = ("auto", "ce", "lm", "f1", "accuracy")
+
+
+def resolve_objective(objective: str, task_kind: str, default: str) -> str:
+    """Check an objective against a task kind; ``auto`` gives the task's MeZO default."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+    if objective == "auto":
+        return default
+    if task_kind == "generation" and objective in ("ce", "accuracy"):
+        raise ValueError(f"objective {objective!r} needs candidates; a generation task uses lm or f1")
+    if task_kind != "generation" and objective == "f1":
+        raise ValueError("objective 'f1' is for generation tasks; use accuracy for classification")
+    return objective
+
+
+class _HiddenCapture(nn.Module):
+    """Stands in for the LM head during a forward: records the final hidden states and returns a
+    1-wide dummy, so the model spends no time on the vocabulary projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden: torch.Tensor | None = None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        self.hidden = hidden
+        return hidden.new_zeros(hidden.shape[:-1] + (1,))
+
+
+@contextlib.contextmanager
+def _capture_hidden(model: nn.Module) -> Iterator[_HiddenCapture]:
+    lm = base_causal_lm(model)
+    head = lm.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(lm).__name__} has no output embedding (LM head)")
+    capture = _HiddenCapture()
+    lm.set_output_embeddings(capture)
+    try:
+        yield capture
+    finally:
+        lm.set_output_embeddings(head)
+
+
+@dataclass
+class _Head:
+    """The output projection: weight rows, optional bias, and Gemma-2/3's final logit soft-capping."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    softcap: float | None
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "_Head":
+        lm = base_causal_lm(model)
+        head = lm.get_output_embeddings()
+        config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+        cap = getattr(config, "final_logit_softcapping", None)
+        return cls(head.weight, getattr(head, "bias", None), float(cap) if cap else None)
+
+    def logits(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """float32 logits of ``hidden`` (..., H) for token ``rows`` (or the whole vocabulary)."""
+        weight = self.weight if rows is None else self.weight[rows]
+        out = hidden.float() @ weight.float().transpose(-1, -2) if rows is None or rows.dim() == 1 else \
+            torch.einsum("nh,nch->nc", hidden.float(), weight.float())
+        if self.bias is not None:
+            out = out + (self.bias if rows is None else self.bias[rows]).float()
+        if self.softcap is not None:
+            out = torch.tanh(out / self.softcap) * self.softcap
+        return out
+
+
+class Scorer:
+    """Tokenises examples for one model and computes candidate scores and losses."""
+
+    def __init__(self, model: nn.Module, tokenizer, max_length: int = 256) -> None:
+        if max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {max_length}")
+        self.model = model
+        self.tok = tokenizer
+        self.max_length = max_length
+        self._cache: dict[tuple[str, str], tuple[list[int], int]] = {}
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # --- tokenisation ---
+    def encode(self, prompt: str, continuation: str) -> tuple[list[int], int]:
+        """Token ids of prompt+continuation and the index where the continuation's tokens start.
+
+        The pair is tokenised jointly (as the model saw text in pre-training) and the split is the
+        longest common prefix with the prompt's own tokens, so tokenisers that merge across the
+        boundary still score the right tokens. Long prompts are cut from the left, keeping a BOS.
+        """
+        key = (prompt, continuation)
+        if key in self._cache:
+            return self._cache[key]
+        prompt_ids = self.tok(prompt).input_ids
+        full = self.tok(prompt + continuation).input_ids if continuation else list(prompt_ids)
+        start = 0
+        for a, b in zip(prompt_ids, full):
+            if a != b:
+                break
+            start += 1
+        if continuation:
+            start = min(start, len(full) - 1)  # at least one scored token
+        if len(full) > self.max_length:
+            cut = len(full) - self.max_length
+            bos = self.tok.bos_token_id
+            keep_bos = bos is not None and full[0] == bos
+            if start - cut < 1 + keep_bos:
+                raise ValueError(
+                    f"the continuation alone needs {len(full) - start} tokens, more than max_length={self.max_length}"
+                )
+            full = ([full[0]] if keep_bos else []) + full[cut + keep_bos:]
+            start -= cut
+        self._cache[key] = (full, start)
+        return full, start
+
+    def single_token_candidates(self, example: Example) -> list[int] | None:
+        """Candidate token ids when every candidate is one token appended to an unchanged prompt."""
+        if not example.candidates:
+            return None
+        prompt_ids = self.encode(example.prompt, "")[0]
+        ids = []
+        for cand in example.candidates:
+            full, start = self.encode(example.prompt, cand)
+            if start != len(prompt_ids) or len(full) != start + 1 or full[:start] != prompt_ids:
+                return None
+            ids.append(full[start])
+        return ids if len(set(ids)) == len(ids) else None
+
+    def _pad(self, seqs: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):  # right padding keeps the real tokens' positions 0..n-1
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def hidden_states(self, seqs: Sequence[list[int]]) -> torch.Tensor:
+        """Final hidden states (B, L, H) of the padded sequences, without the vocabulary projection."""
+        ids, mask = self._pad(seqs)
+        with _capture_hidden(self.model) as capture:
+            self.model(input_ids=ids, attention_mask=mask, use_cache=False)
+        if capture.hidden is None:
+            raise RuntimeError("the model's forward did not call its LM head")
+        return capture.hidden
+
+    # --- scores ---
+    def candidate_scores(self, examples: Sequence[Example], fast: bool = True) -> list[torch.Tensor]:
+        """Per example, a float32 vector of candidate scores (mean log-prob of the candidate's tokens;
+        in the fast path, up to a per-example constant that cancels in softmax and argmax)."""
+        head = _Head.of(self.model)
+        singles = [self.single_token_candidates(ex) for ex in examples] if fast else [None] * len(examples)
+        out: list[torch.Tensor | None] = [None] * len(examples)
+        fast_idx = [i for i, s in enumerate(singles) if s is not None]
+        if fast_idx:
+            seqs = [self.encode(examples[i].prompt, "")[0] for i in fast_idx]
+            hidden = self.hidden_states(seqs)
+            last = torch.tensor([len(s) - 1 for s in seqs], device=hidden.device)
+            h = hidden[torch.arange(len(seqs), device=hidden.device), last]  # (B, H)
+            for row, i in enumerate(fast_idx):
+                rows = torch.tensor(singles[i], device=h.device)
+                out[i] = head.logits(h[row], rows)
+        slow_idx = [i for i, s in enumerate(singles) if s is None]
+        if slow_idx:
+            seqs, owners, starts = [], [], []
+            for i in slow_idx:
+                if not examples[i].candidates:
+                    raise ValueError("candidate scores need an example with candidates")
+                for cand in examples[i].candidates:
+                    full, start = self.encode(examples[i].prompt, cand)
+                    seqs.append(full)
+                    starts.append(start)
+                    owners.append(i)
+            token_lp = self._token_logprobs(seqs, starts, head)
+            per_seq = torch.stack([lp.mean() for lp in token_lp])
+            pos = 0
+            for i in slow_idx:
+                n = len(examples[i].candidates)
+                out[i] = per_seq[pos: pos + n]
+                pos += n
+        return out  # type: ignore[return-value]
+
+    def _token_logprobs(self, seqs: list[list[int]], starts: list[int], head: _Head) -> list[torch.Tensor]:
+        """log p(token) of each sequence's tokens from ``start`` on, with the vocabulary projection done
+        only at those positions."""
+        hidden = self.hidden_states(seqs)
+        b_idx, p_idx, targets, sizes = [], [], [], []
+        for b, (s, start) in enumerate(zip(seqs, starts)):
+            n = len(s) - start
+            b_idx += [b] * n
+            p_idx += list(range(start - 1, len(s) - 1))  # position t predicts token t+1
+            targets += s[start:]
+            sizes.append(n)
+        dev = hidden.device
+        h = hidden[torch.tensor(b_idx, device=dev), torch.tensor(p_idx, device=dev)]
+        logp = torch.log_softmax(head.logits(h), dim=-1)
+        picked = logp.gather(1, torch.tensor(targets, device=dev)[:, None])[:, 0]
+        return list(torch.split(picked, sizes))
+
+    # --- losses ---
+    def classification_loss(self, examples: Sequence[Example], fast: bool = True) -> torch.Tensor:
+        """Cross-entropy over each example's candidate scores, averaged over the batch (float32)."""
+        scores = self.candidate_scores(examples, fast=fast)
+        losses = [F.cross_entropy(s[None], torch.tensor([ex.gold[0]], device=s.device)) for s, ex in zip(scores, examples)]
+        return torch.stack(losses).mean()
+
+    def lm_loss(self, examples: Sequence[Example]) -> torch.Tensor:
+        """Teacher-forced token cross-entropy on the target (gold candidate or answer), mean over tokens."""
+        seqs, starts = [], []
+        for ex in examples:
+            full, start = self.encode(ex.prompt, ex.target)
+            seqs.append(full)
+            starts.append(start)
+        token_lp = self._token_logprobs(seqs, starts, _Head.of(self.model))
+        return -torch.cat(token_lp).mean()
+
+    def predictions(self, examples: Sequence[Example], fast: bool = True) -> list[int]:
+        return [int(s.argmax()) for s in self.candidate_scores(examples, fast=fast)]
+
+    @torch.no_grad()
+    def generate(self, examples: Sequence[Example], max_new_tokens: int = 50) -> list[str]:
+        """Greedy answers, cut at the first newline (MeZO's QA decoding)."""
+        seqs = [self.encode(ex.prompt, "")[0][-max(1, self.max_length - max_new_tokens):] for ex in examples]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(seqs):  # left padding: every row's next token comes at the same column
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.pad_id)
+        eos = self.tok.eos_token_id
+        if eos is not None:
+            kwargs["eos_token_id"] = eos
+        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
+        texts = self.tok.batch_decode(out[:, width:], skip_special_tokens=True)
+        return [t.lstrip(" ").split("\n", 1)[0].strip() for t in texts]
+
+    def nondiff_loss(self, examples: Sequence[Example], objective: str, max_new_tokens: int = 50) -> torch.Tensor:
+        """Minus the batch's F1 (generation) or accuracy (candidates) of the model's own output.
+
+        Not differentiable, but a forward-only optimizer only needs its value.
+        """
+        if objective == "f1":
+            preds = self.generate(examples, max_new_tokens=max_new_tokens)
+            value = sum(max_over_answers(f1_score, p, ex.answers) for p, ex in zip(preds, examples)) / len(examples)
+        elif objective == "accuracy":
+            preds = self.predictions(examples)
+            value = sum(p in ex.gold for p, ex in zip(preds, examples)) / len(examples)
+        else:
+            raise ValueError(f"{objective!r} is not a non-differentiable objective")
+        return torch.tensor(-value, dtype=torch.float32)
+
+    def loss(self, examples: Sequence[Example], objective: str, max_new_tokens: int = 50) -> torch.Tensor:
+        """The training loss of a batch for a resolved objective (ce, lm, f1 or accuracy)."""
+        if not examples:
+            raise ValueError("empty batch")
+        if objective == "ce":
+            return self.classification_loss(examples)
+        if objective == "lm":
+            return self.lm_loss(examples)
+        return self.nondiff_loss(examples, objective, max_new_tokens=max_new_tokens)
+
+
+@torch.no_grad()
+def full_logits_scores(model: nn.Module, tokenizer, examples: Sequence[Example], max_length: int = 256) -> list[torch.Tensor]:
+    """Reference implementation: the model's own full-vocabulary logits at every position, then the
+    mean log-prob of each candidate's tokens. Slow; used to prove the fast paths equal."""
+    scorer = Scorer(model, tokenizer, max_length)
+    out = []
+    for ex in examples:
+        scores = []
+        for cand in ex.candidates:
+            full, start = scorer.encode(ex.prompt, cand)
+            ids = torch.tensor([full], device=scorer.device)
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            tok = torch.tensor(full[start:], device=ids.device)
+            scores.append(logp[torch.arange(start - 1, len(full) - 1, device=ids.device), tok].mean())
+        out.append(torch.stack(scores))
+    return out
+
+
+candidate_scores = Scorer.candidate_scores
+classification_loss = Scorer.classification_loss
+lm_loss = Scorer.lm_loss
+generate_answers = Scorer.generate
+nondiff_loss = Scorer.nondiff_loss

@@ -1,0 +1,166 @@
+"""Which parameters a ZO run perturbs: full fine-tuning, LoRA or prefix tuning (through the ``peft`` library).
+
+The trainable set is simply the parameters with ``requires_grad=True``; the optimizer gets exactly
+those. LoRA targets are found from the module structure (the query and value projections of every
+attention block), so one code path serves OPT, Llama, Gemma, Qwen and GPT-2-style models.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["PEFT_MODES", "PeftSettings", "find_qv_targets", "apply_peft", "trainable_parameters", "base_causal_lm"]
+
+PEFT_MODES = ("full", "lora", "prefix")
+
+# Names a query / value projection goes by in the transformers model zoo; a fused q|k|v projection
+# (GPT-2's c_attn, GPT-NeoX's query_key_value) is targeted whole when no separate ones exist.
+_QUERY = re.compile(r"^(q|q_proj|query|wq|q_lin)$")
+_VALUE = re.compile(r"^(v|v_proj|value|wv|v_lin)$")
+_FUSED = re.compile(r"^(c_attn|query_key_value|qkv|qkv_proj|wqkv|Wqkv|in_proj)$")
+
+
+@dataclass(frozen=True)
+class PeftSettings:
+    """MeZO's adapter defaults: LoRA r=8, alpha=16 on q and v; 5 prefix tokens initialised from real activations."""
+
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    num_virtual_tokens: int = 5
+    prefix_init_real: bool = True
+    train_embeddings: bool = False  # full mode: also perturb the (large) token embedding / tied LM head
+
+    def __post_init__(self) -> None:
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+        if self.num_virtual_tokens < 1:
+            raise ValueError(f"num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}")
+
+
+def _is_projection(module: nn.Module) -> bool:
+    # GPT-2 uses transformers' Conv1D (a transposed Linear); match it by name to avoid importing it.
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def find_qv_targets(model: nn.Module) -> list[str]:
+    """Child names of the query and value projections inside the model's attention blocks.
+
+    An attention block is a module whose class name contains "Attention" or "Attn" and that has
+    projection children. Raises ``ValueError`` when none is found.
+    """
+    separate: set[str] = set()
+    fused: set[str] = set()
+    for module in model.modules():
+        cls = type(module).__name__.lower()
+        if "attention" not in cls and "attn" not in cls:
+            continue
+        for child_name, child in module.named_children():
+            if not _is_projection(child):
+                continue
+            if _QUERY.match(child_name) or _VALUE.match(child_name):
+                separate.add(child_name)
+            elif _FUSED.match(child_name):
+                fused.add(child_name)
+    if separate:
+        return sorted(separate)
+    if fused:
+        return sorted(fused)
+    raise ValueError(
+        f"could not find query/value projections in {type(model).__name__}: no attention block has a "
+        "child named like q_proj/v_proj, query/value or a fused c_attn/query_key_value"
+    )
+
+
+def base_causal_lm(model: nn.Module) -> nn.Module:
+    """The transformers ``*ForCausalLM`` inside a possibly peft-wrapped model."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _embedding_params(model: nn.Module) -> set[int]:
+    ids = set()
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        module = getattr(model, getter, lambda: None)()
+        if module is not None and getattr(module, "weight", None) is not None:
+            ids.add(id(module.weight))
+    return ids
+
+
+@torch.no_grad()
+def _init_prefix_from_activations(peft_model: nn.Module, seed: int) -> None:
+    """MeZO's prefix init: the keys/values of real vocabulary tokens run through the frozen model.
+
+    The MeZO authors found this "crucial" for stable ZO prefix tuning; peft's default is a random
+    normal init. peft stores the prefix as an embedding of shape (tokens, layers * 2 * kv_dim) and
+    splits it into (layer, key|value, head, head_dim) in that order.
+    """
+    lm = base_causal_lm(peft_model)
+    encoder = peft_model.prompt_encoder[peft_model.active_adapter]
+    weight = encoder.embedding.weight
+    n_tokens = weight.shape[0]
+    vocab = lm.get_input_embeddings().weight.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (1, n_tokens), generator=gen, device=weight.device)
+    out = lm(input_ids=ids, use_cache=True)
+    cache = out.past_key_values
+    rows = []
+    for layer in cache.layers:
+        # (1, kv_heads, tokens, head_dim) -> (tokens, kv_heads * head_dim)
+        rows.append(layer.keys[0].permute(1, 0, 2).reshape(n_tokens, -1))
+        rows.append(layer.values[0].permute(1, 0, 2).reshape(n_tokens, -1))
+    flat = torch.cat(rows, dim=1)
+    if flat.shape != weight.shape:
+        raise ValueError(f"prefix init shape mismatch: activations {tuple(flat.shape)} vs prefix {tuple(weight.shape)}")
+    weight.copy_(flat.to(weight.dtype))
+
+
+def apply_peft(model: nn.Module, mode: str, settings: PeftSettings | None = None, *, seed: int = 0) -> nn.Module:
+    """Return the model to train in ``mode`` (full, lora or prefix) with ``requires_grad`` set accordingly."""
+    from peft import LoraConfig, PrefixTuningConfig, get_peft_model
+
+    settings = settings or PeftSettings()
+    if mode not in PEFT_MODES:
+        raise ValueError(f"unknown peft mode {mode!r}; use one of {', '.join(PEFT_MODES)}")
+    if mode == "full":
+        skip = set() if settings.train_embeddings else _embedding_params(model)
+        for param in model.parameters():
+            param.requires_grad_(id(param) not in skip)
+        return model
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if mode == "lora":
+        targets = find_qv_targets(model)
+        config = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=settings.lora_r,
+            lora_alpha=settings.lora_alpha,
+            lora_dropout=settings.lora_dropout,
+            target_modules=targets,
+            fan_in_fan_out=type(_first_target(model, targets)).__name__ == "Conv1D",
+        )
+        return get_peft_model(model, config)
+    config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=settings.num_virtual_tokens)
+    peft_model = get_peft_model(model, config)
+    if settings.prefix_init_real:
+        _init_prefix_from_activations(peft_model, seed)
+    return peft_model
+
+
+def _first_target(model: nn.Module, targets: list[str]) -> nn.Module:
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in targets:
+            return module
+    raise ValueError(f"no module named {targets}")
+
+
+def trainable_parameters(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs of the parameters the optimizer perturbs: those with ``requires_grad``."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (nothing has requires_grad=True)")
+    return params

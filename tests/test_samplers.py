@@ -1,0 +1,97 @@
+"""Samplers: moments, regeneration, backend and chunk invariance, keys."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from zotune.core import seeds
+from zotune.core.samplers import CounterSampler, Direction, TorchGeneratorSampler, make_sampler
+
+ALL = ["gaussian", "uniform", "rademacher", "gaussian-torch"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_unit_moments(name: str) -> None:
+    n = 400_000
+    z = make_sampler(name).sample(n, Direction(0, 0, 0, 0)).double()
+    standard_error = 1 / math.sqrt(n)
+    assert abs(z.mean().item()) < 5 * standard_error
+    assert abs(z.var().item() - 1.0) < 5 * math.sqrt(2) * standard_error * 2  # Var of z^2 <= 2 (Gaussian)
+    fourth = (z**4).mean().item()
+    expected_fourth = {"gaussian": 3.0, "gaussian-torch": 3.0, "uniform": 1.8, "rademacher": 1.0}[name]
+    assert abs(fourth - expected_fourth) < 0.05
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_regeneration_is_bit_identical_and_keys_differ(name: str) -> None:
+    sampler = make_sampler(name)
+    d = Direction(3, 10, 0, 5)
+    a, b = sampler.sample(1000, d), sampler.sample(1000, d)
+    assert torch.equal(a, b)
+    for other in [Direction(4, 10, 0, 5), Direction(3, 11, 0, 5), Direction(3, 10, 1, 5), Direction(3, 10, 0, 6)]:
+        c = sampler.sample(1000, other)
+        assert abs(torch.corrcoef(torch.stack([a, c]))[0, 1].item()) < 0.15
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_add_matches_sample(name: str) -> None:
+    sampler = make_sampler(name)
+    d = Direction(1, 2, 0, 3)
+    x = torch.linspace(-1, 1, 5000)
+    expected = 0.9 * x + 0.25 * sampler.sample(5000, d)
+    sampler.add_(x, d, alpha=0.25, decay=0.9)
+    torch.testing.assert_close(x, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "uniform", "rademacher"])
+def test_counter_chunking_and_backends_agree(kind: str) -> None:
+    d = Direction(0, 1, 2, 3)
+    results = []
+    for backend, chunk in [("eager", 1 << 20), ("eager", 777), ("compiled", 1 << 22), ("compiled", 1000)]:
+        x = torch.zeros(10_001)
+        CounterSampler(kind, backend=backend, chunk=chunk).add_(x, d, alpha=1.0)
+        results.append(x)
+    assert torch.equal(results[0], results[1])  # chunking never changes z
+    assert torch.equal(results[2], results[3])
+    # compiled and eager share the integer bits; transcendental functions may differ in the last ulp
+    torch.testing.assert_close(results[0], results[2], rtol=0, atol=2e-6)
+
+
+def test_torch_generator_chunks_are_independent_of_call_split() -> None:
+    sampler = TorchGeneratorSampler(chunk=100)
+    d = Direction(0, 0, 0, 9)
+    whole = sampler.sample(1050, d)
+    x = torch.zeros(1050)
+    sampler.add_(x, d, alpha=1.0)
+    assert torch.equal(whole, x)
+    assert torch.equal(whole[:100], sampler.sample(100, d))
+
+
+def test_noncontiguous_parameter() -> None:
+    sampler = make_sampler("gaussian")
+    base = torch.zeros(6, 4)
+    view = base.t()  # not contiguous
+    sampler.apply_(view, Direction(0, 0, 0, 0), alpha=1.0)
+    expected = sampler.sample(24, Direction(0, 0, 0, 0)).view(4, 6)
+    torch.testing.assert_close(view, expected, rtol=0, atol=2e-6)
+
+
+def test_bad_sampler_arguments() -> None:
+    with pytest.raises(ValueError, match="unknown sampler 'normal'"):
+        make_sampler("normal")
+    with pytest.raises(ValueError, match="unknown counter sampler kind"):
+        CounterSampler("cauchy")
+    with pytest.raises(ValueError, match="backend must be"):
+        CounterSampler("gaussian", backend="gpu")
+
+
+def test_seed_mix_is_deterministic_and_spread() -> None:
+    assert seeds.mix(1, 2, 3) == seeds.mix(1, 2, 3)
+    keys = {seeds.direction_key(0, step, 0, p) for step in range(100) for p in range(100)}
+    assert len(keys) == 10_000
+    assert all(-(1 << 63) <= k < (1 << 63) for k in keys)
+    assert seeds.name_id("model.layers.0.weight") == seeds.name_id("model.layers.0.weight")
+    assert 0 <= seeds.unit_uniform(12345) < 1
