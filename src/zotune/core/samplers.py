@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import threading
+import types
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -175,19 +176,30 @@ _TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "uniform": uniform_from_bits,
     "rademacher": rademacher_from_bits,
 }
-_compiled_kernels: dict[str, Callable[..., None]] = {}
+_KernelKey = tuple[str, torch.dtype, str]  # (kind, parameter dtype, device type)
+_compiled_kernels: dict[_KernelKey, Callable[..., None]] = {}
 _compile_failed: set[str] = set()
 _compile_lock = threading.Lock()
 
 
-def _compiled_kernel(kind: str) -> Callable[..., None] | None:
-    """The torch.compile'd kernel for ``kind``, or None if compiling is impossible here."""
+def _compiled_kernel(kind: str, dtype: torch.dtype, device_type: str) -> Callable[..., None] | None:
+    """The torch.compile'd kernel for ``kind`` on one dtype and device type, or None if compiling is
+    impossible here.
+
+    Dynamo caps recompilations per *code object* (8 by default); one kernel used on four dtypes and two
+    device types, as a mixed-precision model can need, would hit that cap. So every (kind, dtype, device)
+    gets a copy of the function with its own code object, and each copy compiles once.
+    """
     if kind in _compile_failed:
         return None
+    key = (kind, dtype, device_type)
     with _compile_lock:
-        if kind not in _compiled_kernels:
-            _compiled_kernels[kind] = torch.compile(_EAGER_KERNELS[kind], dynamic=True, fullgraph=True)
-        return _compiled_kernels[kind]
+        if key not in _compiled_kernels:
+            eager = _EAGER_KERNELS[kind]
+            name = f"{eager.__name__}_{str(dtype).removeprefix('torch.')}_{device_type}"
+            clone = types.FunctionType(eager.__code__.replace(co_name=name), eager.__globals__, name)
+            _compiled_kernels[key] = torch.compile(clone, dynamic=True, fullgraph=True)
+        return _compiled_kernels[key]
 
 
 class CounterSampler(Sampler):
@@ -212,10 +224,10 @@ class CounterSampler(Sampler):
         self.backend = backend
         self.chunk = chunk
 
-    def _kernel(self) -> Callable[..., None]:
+    def _kernel(self, flat: torch.Tensor) -> Callable[..., None]:
         if self.backend == "eager":
             return _EAGER_KERNELS[self.kind]
-        kernel = _compiled_kernel(self.kind)
+        kernel = _compiled_kernel(self.kind, flat.dtype, flat.device.type)
         if kernel is None:
             return _EAGER_KERNELS[self.kind]
         return kernel
@@ -231,10 +243,18 @@ class CounterSampler(Sampler):
         for start in range(0, numel, chunk):
             piece = flat[start : start + chunk]
             start_t = torch.tensor(start, dtype=torch.int64, device=device)
-            self._run(piece, key, start_t, alpha_t, decay_t)
+            if piece.numel() == 1 and self.backend != "eager":
+                # dynamic shapes still specialise on size 1; a 2-element scratch keeps one compiled kernel
+                # (and its exact bits) for every size
+                scratch = torch.cat([piece, piece.new_zeros(1)])
+                self._run(scratch, key, start_t, alpha_t, decay_t)
+                piece.copy_(scratch[:1])
+            else:
+                self._run(piece, key, start_t, alpha_t, decay_t)
 
-    def _run(self, *args: torch.Tensor) -> None:
-        kernel = self._kernel()
+    def _run(self, flat: torch.Tensor, *args: torch.Tensor) -> None:
+        args = (flat, *args)
+        kernel = self._kernel(flat)
         if self.backend == "eager" or kernel is _EAGER_KERNELS[self.kind]:
             kernel(*args)
             return

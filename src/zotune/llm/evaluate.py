@@ -27,6 +27,8 @@ def evaluate(scorer: Scorer, task: Task, examples: Sequence[Example], *, batch_s
     was_training = scorer.model.training
     scorer.model.eval()
     total: dict[str, float] = {}
+    # similar lengths in one batch waste less compute on padding; the metrics do not depend on order
+    examples = sorted(examples, key=lambda ex: len(ex.prompt) + max((len(c) for c in ex.candidates), default=0))
     try:
         chunks = range(0, len(examples), batch_size)
         for start in tqdm(chunks, desc=desc, disable=not progress, leave=False):
