@@ -137,3 +137,24 @@ def test_unknown_option_is_named() -> None:
     w = torch.nn.Parameter(torch.zeros(3))
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['kernel_order'\]"):
         zotune.mezo([w], lr=0.1, kernel_order=3)
+
+
+@pytest.mark.parametrize(("dtype", "max_ulps"), [(torch.float32, 2.0), (torch.bfloat16, 2.0), (torch.float16, 2.0)])
+def test_probe_round_trip_drift_is_a_few_ulps(dtype: torch.dtype, max_ulps: float) -> None:
+    """With lr = 0 a step only probes and restores: theta + eps z - 2 eps z (+ eps z fused into the update).
+
+    Two roundings to the parameter dtype happen before the restore, so theta drifts by at most a couple
+    of ulps of its own magnitude, in every dtype; MeZO's four separate passes round three times.
+    """
+    generator = torch.Generator().manual_seed(0)
+    start = (torch.randn(4096, generator=generator) * 0.05).to(dtype)
+    w = torch.nn.Parameter(start.clone())
+    optimizer = zotune.mezo([w], lr=0.0, eps=1e-3)
+    optimizer.step(lambda: w.float().sum())
+    z = optimizer.sampler.sample(4096, Direction(0, 0, 0, 0))
+    # the roundings happen at theta +- eps z, so the ulp is that of the larger of the two
+    largest = start.float().abs() + 2e-3 * z.abs()
+    ulp = torch.finfo(dtype).eps * largest.clamp_min(torch.finfo(dtype).tiny)
+    drift = (w.detach().float() - start.float()).abs()
+    assert (drift <= max_ulps * ulp).all()
+    assert not torch.equal(w.detach(), start) or dtype == torch.float32  # low precision does drift a little

@@ -23,10 +23,19 @@ from zotune.core import (
 )
 from zotune.core.replay import replay
 from zotune.methods import Component, available_methods, build_optimizer, compose, mezo, register_component
+from zotune.algorithms.dizo import DiZOProjection, dizo
+from zotune.algorithms.layer_selection import select_projection_targets
+from zotune.algorithms.pezo import PeZOSampler, pezo
+from zotune.algorithms.kerzoo import KerZOOEstimator, kerzoo  # registers the "kerzoo" estimator
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "KerZOOEstimator",
+    "kerzoo",
+    "DiZOProjection",
+    "dizo",
+    "select_projection_targets",
     "CounterSampler",
     "DecoupledWeightDecay",
     "Direction",
@@ -48,4 +57,6 @@ __all__ = [
     "compose",
     "register_sampler",
     "replay",
+    "PeZOSampler",
+    "pezo",
 ]

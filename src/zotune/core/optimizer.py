@@ -114,6 +114,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.last_record: StepRecord | None = None
         self.trajectory: list[StepRecord] | None = [] if record_trajectory else None
         self._param_ids = self._assign_param_ids()
+        for transform in self.transforms:
+            transform.bind(self)  # last: a transform may read the parameters as they are before step 0
 
     # --- parameters -----------------------------------------------------------------------------------
 

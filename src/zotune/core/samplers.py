@@ -235,8 +235,11 @@ class CounterSampler(Sampler):
     def add_(self, flat: torch.Tensor, direction: Direction, alpha: float, decay: float = 1.0) -> None:
         device = flat.device
         key = torch.tensor(direction.key, dtype=torch.int64, device=device)
-        alpha_t = torch.tensor(alpha, dtype=torch.float32, device=device)
-        decay_t = torch.tensor(decay, dtype=torch.float32, device=device)
+        # scalars in float64 so float64 weights lose nothing; as 0-d tensors they do not promote float32
+        # weights (MPS has no float64)
+        scalar_dtype = torch.float32 if device.type == "mps" else torch.float64
+        alpha_t = torch.tensor(alpha, dtype=scalar_dtype, device=device)
+        decay_t = torch.tensor(decay, dtype=scalar_dtype, device=device)
         numel = flat.numel()
         # eager keeps its int64 temporaries small; the compiled kernel has none and takes bigger chunks
         chunk = self.chunk if self.backend != "eager" else min(self.chunk, 1 << 18)

@@ -41,6 +41,11 @@ class UpdateRule:
 class Transform(ABC):
     """One stage of the update; the default methods do nothing."""
 
+    def bind(self, optimizer: ZOOptimizer) -> None:
+        """Runs once, at the end of the optimizer's constructor, before any step: the only moment a
+        transform can see the starting weights (DiZO keeps them as its anchor)."""
+        del optimizer
+
     def rule(self, group: dict[str, Any], param: torch.Tensor, rule: UpdateRule) -> UpdateRule:
         """Refine the update rule of ``param`` (a member of ``group``) for this step."""
         del group, param

@@ -270,7 +270,8 @@ class Scorer:
         for i, s in enumerate(seqs):  # left padding: every row's next token comes at the same column
             ids[i, width - len(s):] = torch.tensor(s)
             mask[i, width - len(s):] = 1
-        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.pad_id)
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.pad_id,
+                      stopping_criteria=_newline_stop(self.tok, width))
         eos = self.tok.eos_token_id
         if eos is not None:
             kwargs["eos_token_id"] = eos
@@ -302,6 +303,18 @@ class Scorer:
         if objective == "lm":
             return self.lm_loss(examples)
         return self.nondiff_loss(examples, objective, max_new_tokens=max_new_tokens)
+
+
+def _newline_stop(tokenizer, prompt_width: int):
+    """Stop each row once its generated text holds a newline (MeZO stops QA answers there)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class NewlineStop(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+            texts = tokenizer.batch_decode(input_ids[:, prompt_width:], skip_special_tokens=True)
+            return torch.tensor(["\n" in t for t in texts], device=input_ids.device)
+
+    return StoppingCriteriaList([NewlineStop()])
 
 
 @torch.no_grad()

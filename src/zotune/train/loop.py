@@ -103,7 +103,7 @@ def train(cfg: TrainConfig, *, loaded: LoadedModel | None = None, echo: Callable
     echo = echo or (lambda msg: print(msg, file=sys.stderr))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     task = resolve_task(cfg)
     objective = resolve_objective(cfg.objective, task.kind, task.default_objective)
     if cfg.method not in zotune.available_methods() and "+" not in cfg.method:
@@ -241,6 +241,9 @@ def train(cfg: TrainConfig, *, loaded: LoadedModel | None = None, echo: Callable
         elif summary["status"] == "running":
             summary["status"] = "failed"
         summary["wall_seconds"] = time.perf_counter() - t0
+        # CPU seconds of this process: on a shared machine, cpu_seconds / threads estimates the unloaded wall time
+        summary["cpu_seconds"] = time.process_time() - cpu0
+        summary["threads"] = torch.get_num_threads()
         summary["peak_memory_mb"] = _peak_memory_mb(device)
         run.write_json("summary.json", summary)
         try:

@@ -7,6 +7,7 @@ protocol (``sample_splits``) is shared by all tasks.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -141,13 +142,16 @@ def sample_splits(task: Task, num_train: int, num_dev: int | None, num_eval: int
     order = rng.permutation(len(train_pool))
     need = num_train + num_dev
     if need > len(train_pool):
+        # dev keeps its size while it is at most half the pool (MeZO: CB trains on 150, devs on 100)
+        if num_train > 0:
+            num_dev = min(num_dev, len(train_pool) // 2)
+        num_dev = min(num_dev, len(train_pool))
         warnings.warn(
             f"task {task.name}: num_train + num_dev = {need} > {len(train_pool)} rows available; "
-            f"using dev={min(num_dev, len(train_pool))} and the rest for training",
+            f"using dev={num_dev} and the other {len(train_pool) - num_dev} for training",
             stacklevel=2,
         )
         need = len(train_pool)
-        num_dev = min(num_dev, len(train_pool))
     chosen = order[:need]
     train_idx, dev_idx = chosen[: need - num_dev], chosen[need - num_dev:]
     test_rng = np.random.RandomState(seed)
@@ -169,6 +173,18 @@ def fixed_split(rows: list[Row], test_fraction: float = 0.2, seed: int = 1234) -
     return {"train": [rows[i] for i in order[n_test:]], "test": [rows[i] for i in order[:n_test]]}
 
 
+def _read_jsonl(path: Path) -> list[Row]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for n, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise TaskDataError(f"{path} line {n}: not valid JSON ({exc.msg})") from exc
+    return rows
+
+
 def hub_loader(path: str, config: str | None = None, train_split: str = "train",
                test_split: str = "validation") -> Callable[[Path | None], dict[str, list[Row]]]:
     """Pools from a hub data set via ``datasets.load_dataset``, or from local JSONL files in its schema."""
@@ -182,8 +198,7 @@ def hub_loader(path: str, config: str | None = None, train_split: str = "train",
             for f in files.values():
                 if not Path(f).is_file():
                     raise FileNotFoundError(f"missing data file {f}")
-            ds = datasets.load_dataset("json", data_files=files)
-            return {"train": list(ds["train"]), "test": list(ds["test"])}
+            return {split: _read_jsonl(Path(f)) for split, f in files.items()}
         try:
             train = datasets.load_dataset(path, config, split=train_split)
             test = datasets.load_dataset(path, config, split=test_split)

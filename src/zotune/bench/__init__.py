@@ -1,0 +1,1 @@
+"""Benchmarks: step cost against forward passes, and memory against inference (``zotune bench``)."""

@@ -1,0 +1,112 @@
+"""Candidate-only scoring equals the full-vocabulary path; LM loss; generation; non-differentiable objectives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fixtures.tiny import ARCHS, tiny_model, tiny_tokenizer
+from zotune.llm.objectives import Scorer, full_logits_scores, resolve_objective
+from zotune.llm.tasks import Example, get_task, sample_splits
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+def examples(name: str, n: int = 3) -> list[Example]:
+    return sample_splits(get_task(name), n, 0, 1, local_dir=FIX / "tasks" / name).train
+
+
+def normalised(scores: torch.Tensor) -> torch.Tensor:
+    return scores - scores.logsumexp(0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fast_single_token_path_equals_full_logits(arch):
+    model, tok = tiny_model(arch), tiny_tokenizer()
+    exs = examples("sst2", 4)
+    scorer = Scorer(model, tok)
+    assert all(scorer.single_token_candidates(e) is not None for e in exs)  # the fast path is taken
+    with torch.no_grad():
+        fast = scorer.candidate_scores(exs)
+        ref = full_logits_scores(model, tok, exs)
+        loss_fast = scorer.classification_loss(exs)
+    loss_ref = torch.stack([F.cross_entropy(r[None], torch.tensor([e.gold[0]])) for r, e in zip(ref, exs)]).mean()
+    for f, r in zip(fast, ref):
+        # equal up to the per-example log-partition, which cancels in softmax and argmax
+        torch.testing.assert_close(normalised(f), normalised(r), atol=1e-5, rtol=1e-5)
+        assert int(f.argmax()) == int(r.argmax())
+    torch.testing.assert_close(loss_fast, loss_ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("task", ["copa", "record", "piqa"])
+def test_multi_token_path_equals_full_logits(arch, task):
+    model, tok = tiny_model(arch), tiny_tokenizer()
+    exs = examples(task)
+    scorer = Scorer(model, tok)
+    assert all(scorer.single_token_candidates(e) is None for e in exs)
+    with torch.no_grad():
+        got = scorer.candidate_scores(exs)
+        ref = full_logits_scores(model, tok, exs)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)  # exact mean log-probs here
+
+
+def test_gemma_softcapping_is_applied():
+    tok = tiny_tokenizer()
+    exs = examples("sst2", 2)
+    capped = tiny_model("gemma3", softcap=0.5)  # a tiny cap changes the scores a lot
+    with torch.no_grad():
+        fast = Scorer(capped, tok).candidate_scores(exs)
+        ref = full_logits_scores(capped, tok, exs)
+    for f, r in zip(fast, ref):
+        torch.testing.assert_close(normalised(f), normalised(r), atol=1e-5, rtol=1e-5)
+
+
+def test_lm_loss_matches_transformers_labels_loss():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    ex = examples("squad", 1)[0]
+    scorer = Scorer(model, tok)
+    full, start = scorer.encode(ex.prompt, ex.target)
+    ids = torch.tensor([full])
+    labels = ids.clone()
+    labels[0, :start] = -100  # only the answer tokens are trained
+    with torch.no_grad():
+        ref = model(input_ids=ids, labels=labels).loss
+        got = scorer.lm_loss([ex])
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_encode_splits_at_the_prompt_and_truncates_from_the_left():
+    tok = tiny_tokenizer()
+    scorer = Scorer(tiny_model("llama"), tok, max_length=6)
+    full, start = scorer.encode("one two three four five six seven It was", " great")
+    assert len(full) == 6 and full[-1] == tok(" great").input_ids[0] and start == 5
+    with pytest.raises(ValueError, match="max_length"):
+        Scorer(tiny_model("llama"), tok, max_length=2).encode("It was", " great great great great")
+
+
+def test_generation_stops_at_newline_and_nondiff_objectives():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    scorer = Scorer(model, tok)
+    exs = examples("squad", 2)
+    answers = scorer.generate(exs, max_new_tokens=8)
+    assert len(answers) == 2 and all("\n" not in a for a in answers)
+    loss = scorer.loss(exs, "f1", max_new_tokens=8)
+    assert -1.0 <= float(loss) <= 0.0
+    cls = examples("sst2", 4)
+    preds = scorer.predictions(cls)
+    acc = sum(p in e.gold for p, e in zip(preds, cls)) / len(cls)
+    assert float(scorer.loss(cls, "accuracy")) == pytest.approx(-acc)
+
+
+def test_resolve_objective():
+    assert resolve_objective("auto", "classification", "ce") == "ce"
+    assert resolve_objective("f1", "generation", "lm") == "f1"
+    with pytest.raises(ValueError, match="needs candidates"):
+        resolve_objective("ce", "generation", "lm")
+    with pytest.raises(ValueError, match="unknown objective"):
+        resolve_objective("mse", "classification", "ce")

@@ -1,0 +1,149 @@
+"""The training loop and run folder on a tiny local model: files, checkpoints, NaN handling, configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fixtures.tiny import save_tiny
+from zotune.llm.evaluate import evaluate
+from zotune.llm.models import load_model
+from zotune.llm.objectives import Scorer
+from zotune.train.config import TrainConfig, load_config_file, resolve_config
+from zotune.train.loop import BatchSampler, TrainingDiverged, prepare_data, resolve_task, train
+from zotune.train.run_folder import load_checkpoint
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "llama")
+
+
+def config(tiny_dir: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(model=str(tiny_dir), data=str(FIX / "custom" / "reviews.jsonl"), template="Review: {review}\nIt was",
+                label_words="neg=terrible,pos=great", label_field="sentiment", steps=4, eval_every=2, num_train=6,
+                num_dev=2, num_eval=2, batch_size=2, lr=1e-2, eps=1e-2, out=str(out), progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_run_folder_contents_and_checkpoint_reload(tiny_dir, tmp_path):
+    cfg = config(tiny_dir, tmp_path / "run")
+    summary = train(cfg)
+    run = tmp_path / "run"
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "curves.png", "checkpoint"} <= {p.name for p in run.iterdir()}
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    step_rows = [r for r in records if "loss" in r]
+    assert [r["step"] for r in step_rows] == [1, 2, 3, 4]
+    assert step_rows[-1]["forward_passes"] == 8 and all(r["lr"] == 1e-2 for r in step_rows)
+    assert any("dev_accuracy" in r for r in records)
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["status"] == "completed" and saved["forward_passes"] == 8 and saved["steps"] == 4
+    for key in ("zero_shot", "final", "wall_seconds", "peak_memory_mb", "best_step", "trainable_params"):
+        assert key in saved
+    assert "accuracy" in saved["zero_shot"]["test"] and "accuracy" in saved["final"]["test"]
+    files = {p.name for p in (run / "checkpoint").iterdir()}
+    assert "adapter_model.safetensors" in files and "model.safetensors" not in files  # adapter only
+    # the best checkpoint reloads onto a fresh base model and reproduces the final test metric
+    loaded = load_model(str(tiny_dir))
+    model = load_checkpoint(loaded.model, run / "checkpoint")
+    task = resolve_task(cfg)
+    splits = prepare_data(cfg, task)
+    again = evaluate(Scorer(model, loaded.tokenizer, cfg.max_length), task, splits.test)
+    assert again["accuracy"] == summary["final"]["test"]["accuracy"]
+    resolved = (run / "config.yaml").read_text()
+    assert "lr: 0.01" in resolved and "objective: ce" in resolved
+
+
+@pytest.mark.parametrize("peft,expected", [("full", "model.safetensors"), ("prefix", "adapter_model.safetensors")])
+def test_full_and_prefix_runs(tiny_dir, tmp_path, peft, expected):
+    summary = train(config(tiny_dir, tmp_path / peft, peft=peft, steps=2, eval_every=0, lr=1e-3))
+    assert summary["status"] == "completed" and summary["forward_passes"] == 4
+    assert (tmp_path / peft / "checkpoint" / expected).is_file()
+    if peft == "full":
+        from safetensors.torch import load_file
+
+        names = set(load_file(str(tmp_path / peft / "checkpoint" / "model.safetensors")))
+        assert names and "model.embed_tokens.weight" not in names  # only the trainable set
+
+
+def test_generation_task_with_nondifferentiable_objective(tiny_dir, tmp_path):
+    cfg = config(tiny_dir, tmp_path / "qa", data=str(FIX / "custom" / "qa.jsonl"), template="Q: {question}\nA:",
+                 label_words=None, answer_field="answer", objective="f1", max_new_tokens=4, steps=2, num_train=3,
+                 num_dev=1, num_eval=1)
+    summary = train(cfg)
+    assert summary["objective"] == "f1" and "f1" in summary["final"]["test"]
+    losses = [json.loads(l)["loss"] for l in (tmp_path / "qa" / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(l)]
+    assert all(-1.0 <= v <= 0.0 for v in losses)  # minus the batch F1
+
+
+def test_nonfinite_losses_stop_the_run_and_keep_the_checkpoint(tiny_dir, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = Scorer.loss
+
+    def flaky(self, batch, objective, max_new_tokens=50):
+        calls["n"] += 1
+        return real(self, batch, objective, max_new_tokens) if calls["n"] <= 4 else torch.tensor(float("nan"))
+
+    monkeypatch.setattr(Scorer, "loss", flaky)
+    cfg = config(tiny_dir, tmp_path / "nan", steps=20, eval_every=1, max_nonfinite=3)
+    with pytest.raises(TrainingDiverged, match="3 non-finite losses in a row"):
+        train(cfg)
+    summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["nonfinite_steps"] == 3
+    meta = json.loads((tmp_path / "nan" / "checkpoint" / "zotune_checkpoint.json").read_text())
+    assert meta["step"] <= 2  # the last good checkpoint, from before the NaNs
+    records = [json.loads(l) for l in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(1 for r in records if r.get("nonfinite")) == 3
+
+
+def test_bad_input_leaves_no_run_folder(tiny_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown task"):
+        train(TrainConfig(task="nope", out=str(tmp_path / "a"), progress=False))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"review": "fine", "sentiment": "pos"}\n{"review": "hmm", "sentiment": "maybe"}\n')
+    with pytest.raises(ValueError, match="line 2: label 'maybe' is not among the candidates"):
+        train(config(tiny_dir, tmp_path / "b", data=str(bad)))
+    with pytest.raises(ValueError, match="unknown model 'no-such-model'.*smollm2-135m"):
+        train(config("no-such-model", tmp_path / "c"))
+    with pytest.raises(ValueError, match="unknown method"):
+        train(config(tiny_dir, tmp_path / "d", method="sgd"))
+    assert not any((tmp_path / name).exists() for name in "abcd")
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "summary.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="already exists"):
+        train(config(tiny_dir, tmp_path / "e"))
+
+
+def test_config_files_and_overrides(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('task = "bbc"\nsteps = 7\nbatch-size = 4\nlr = 0.001\n')
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("train:\n  task: rte\n  peft: prefix\n")
+    cfg = resolve_config(load_config_file(toml), {"steps": 9, "seed": None})
+    assert (cfg.task, cfg.steps, cfg.batch_size, cfg.resolved_lr) == ("bbc", 9, 4, 1e-3)
+    cfg = resolve_config(load_config_file(yaml_file))
+    assert (cfg.task, cfg.peft, cfg.resolved_lr, cfg.resolved_eps) == ("rte", "prefix", 2e-2, 1e-1)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("steps = = 3\n")
+    with pytest.raises(ValueError, match="malformed config file"):
+        load_config_file(bad)
+    with pytest.raises(ValueError, match="unknown option\\(s\\) in config file: stepz"):
+        resolve_config({"stepz": 3})
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="unknown peft mode"):
+        TrainConfig(peft="adapter")
+
+
+def test_batch_sampler_is_seeded_and_covers_each_epoch():
+    a, b = BatchSampler(10, 4, seed=1), BatchSampler(10, 4, seed=1)
+    first = [a.next() for _ in range(2)]
+    assert first == [b.next() for _ in range(2)]
+    assert len(set(first[0] + first[1])) == 8
