@@ -147,3 +147,19 @@ def test_batch_sampler_is_seeded_and_covers_each_epoch():
     first = [a.next() for _ in range(2)]
     assert first == [b.next() for _ in range(2)]
     assert len(set(first[0] + first[1])) == 8
+
+
+def test_combined_method_with_options_and_dizo_search_batches(tiny_dir, tmp_path):
+    """`kerzoo+pezo+dizo` through the runner: component options from the config reach their component,
+    DiZO's search gets its own batches (2 forwards per step plus 2J per cycle) and draws are logged."""
+    cfg = config(
+        tiny_dir, tmp_path / "combo", method="kerzoo+pezo+dizo", peft="lora", steps=4, eval_every=0,
+        method_options={"kernel_order": 5, "pool_size": 1024, "interval": 2, "search_iters": 3, "projected": "auto"},
+    )
+    summary = train(cfg)
+    assert summary["forward_passes"] == 4 * 2 + 2 * (2 * 3)  # two DiZO cycles of 3 probe pairs
+    records = [json.loads(l) for l in (tmp_path / "combo" / "metrics.jsonl").read_text().splitlines()]
+    draws = [r["random_numbers"] for r in records if "loss" in r]
+    assert len(draws) == 4 and all(0 < d < 3 * 1024 + 1000 for d in draws)  # a pool, not one number per weight
+    with pytest.raises(ValueError, match="unknown option"):
+        train(config(tiny_dir, tmp_path / "bad", method="kerzoo", method_options={"pool_size": 8}))

@@ -38,6 +38,8 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--lora-r", "lora_r", int, "LoRA rank [8]"),
     ("--lora-alpha", "lora_alpha", int, "LoRA alpha [16]"),
     ("--prefix-tokens", "prefix_tokens", int, "prefix tokens [5]"),
+    ("--max-nonfinite", "max_nonfinite", int, "stop after this many non-finite losses in a row [5]"),
+    ("--max-new-tokens", "max_new_tokens", int, "generation length for QA tasks [50]"),
     ("--threads", "threads", int, "torch CPU threads"),
     ("--device", "device", str, "auto, cpu or cuda"),
 ]

@@ -146,11 +146,14 @@ def _counter_update(
     decay: torch.Tensor,
     transform: Callable[[torch.Tensor], torch.Tensor],
 ) -> None:
-    # one rounding to the parameter dtype: the arithmetic is at least float32 whatever the weights are
     z = transform(counter_bits(start, flat.shape[0], key, flat.device))
-    if flat.dtype == torch.float64:
-        flat.copy_(flat * decay.double() + z.double() * alpha.double())
-    else:
+    if flat.dtype == torch.float32:
+        # in-place ops: inductor writes straight into the parameter (a copy_ of an expression that reads
+        # the parameter measured 2x slower: it goes through a temporary)
+        flat.mul_(decay).add_(z * alpha)
+    elif flat.dtype == torch.float64:
+        flat.mul_(decay).add_(z.double() * alpha)
+    else:  # half precision: compute in float32 and round to the parameter dtype once
         flat.copy_((flat.to(torch.float32) * decay + z * alpha).to(flat.dtype))
 
 

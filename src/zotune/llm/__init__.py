@@ -1,0 +1,1 @@
+"""The LLM layer: models, PEFT adapters, tasks and templates, objectives, evaluation."""

@@ -28,10 +28,7 @@ from zotune.llm.metrics import f1_score, max_over_answers
 from zotune.llm.peft import base_causal_lm
 from zotune.llm.tasks.base import Example
 
-__all__ = [
-    "OBJECTIVES", "Scorer", "candidate_scores", "classification_loss", "lm_loss", "generate_answers",
-    "nondiff_loss", "full_logits_scores", "resolve_objective",
-]
+__all__ = ["OBJECTIVES", "Scorer", "full_logits_scores", "resolve_objective"]
 
 # ce: cross-entropy over candidates; lm: teacher-forced token loss on the answer / gold candidate;
 # f1 / accuracy: non-differentiable, minus the metric of the model's own output
@@ -97,8 +94,7 @@ class _Head:
     def logits(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """float32 logits of ``hidden`` (..., H) for token ``rows`` (or the whole vocabulary)."""
         weight = self.weight if rows is None else self.weight[rows]
-        out = hidden.float() @ weight.float().transpose(-1, -2) if rows is None or rows.dim() == 1 else \
-            torch.einsum("nh,nch->nc", hidden.float(), weight.float())
+        out = hidden.float() @ weight.float().transpose(-1, -2)
         if self.bias is not None:
             out = out + (self.bias if rows is None else self.bias[rows]).float()
         if self.softcap is not None:
@@ -335,9 +331,3 @@ def full_logits_scores(model: nn.Module, tokenizer, examples: Sequence[Example],
         out.append(torch.stack(scores))
     return out
 
-
-candidate_scores = Scorer.candidate_scores
-classification_loss = Scorer.classification_loss
-lm_loss = Scorer.lm_loss
-generate_answers = Scorer.generate
-nondiff_loss = Scorer.nondiff_loss

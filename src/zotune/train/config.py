@@ -33,7 +33,7 @@ class TrainConfig:
     task: str = _f("mr", "task name (zotune tasks), or 'custom' with --data")
     method: str = _f("mezo", "ZO method (zotune.available_methods())")
     peft: str = _f("prefix", "trainable set: full, lora or prefix")
-    steps: int = _f(250, "optimizer steps")
+    steps: int = _f(200, "optimizer steps")
     lr: float | None = _f(None, "learning rate (default: MeZO's per --peft)")
     eps: float | None = _f(None, "perturbation scale (default: MeZO's per --peft)")
     batch_size: int = _f(16, "examples per step")
@@ -48,6 +48,11 @@ class TrainConfig:
     objective: str = _f("auto", "auto, ce, lm, f1 or accuracy (the last two are non-differentiable)")
     weight_decay: float = _f(0.0, "decoupled weight decay")
     n_queries: int = _f(1, "random directions per step")
+    method_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "options of the method's components, e.g. {kernel_order: 5} for kerzoo, "
+                          "{pool_size: 65536} for pezo, {interval: 50} for dizo (config file only)"},
+    )
     eval_batch_size: int = _f(32, "examples per evaluation batch")
     max_new_tokens: int = _f(50, "generation length for QA tasks")
     max_nonfinite: int = _f(5, "stop after this many non-finite losses in a row")
@@ -77,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
         if self.peft not in DEFAULT_LR_EPS:
             raise ValueError(f"unknown peft mode {self.peft!r}; use one of {', '.join(DEFAULT_LR_EPS)}")
+        if not isinstance(self.method_options, dict):
+            raise ValueError(f"method_options must be a mapping of option = value, got {self.method_options!r}")
         for name in ("lr", "eps"):
             value = getattr(self, name)
             if value is not None and not (value > 0):

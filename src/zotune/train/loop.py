@@ -111,16 +111,13 @@ def train(cfg: TrainConfig, *, loaded: LoadedModel | None = None, echo: Callable
     splits = prepare_data(cfg, task)
     if not splits.train and cfg.steps > 0:
         raise ValueError("no training examples (num_train is 0 or the data has none)")
+    out = cfg.out or default_run_name("custom" if cfg.is_custom else task.name, cfg.model, cfg.peft)
+    RunFolder.check_free(out, cfg.overwrite)  # fail now, not after loading the model and evaluating it
     device = _device(cfg.device)
     loaded = loaded or load_model(cfg.model, dtype=cfg.dtype, quiet=False)
     model = loaded.model.to(device)
     model.eval()
 
-    out = cfg.out or default_run_name("custom" if cfg.is_custom else task.name, cfg.model, cfg.peft)
-    run = RunFolder(out, overwrite=cfg.overwrite)
-    resolved = {**cfg.to_dict(), "out": str(run.path), "task": task.name, "objective": objective,
-                "task_source": task.source, "model_source": loaded.source}
-    run.write_config(resolved)
     metric = task.metric
     summary: dict[str, Any] = {"task": task.name, "model": cfg.model, "method": cfg.method, "peft": cfg.peft,
                                "objective": objective, "metric": metric, "status": "running",
@@ -147,9 +144,30 @@ def train(cfg: TrainConfig, *, loaded: LoadedModel | None = None, echo: Callable
     params = trainable_parameters(model)
     summary["trainable_params"] = sum(p.numel() for _, p in params)
     scorer = Scorer(model, loaded.tokenizer, cfg.max_length)
+    method_options = dict(cfg.method_options)
+    if "dizo" in cfg.method.split("+") and "search_closure" not in method_options and splits.train:
+        # DiZO's gamma-search draws its own batches (as the official code does), from its own seed stream,
+        # so switching DiZO on leaves the training batches and MeZO's directions unchanged
+        from zotune.algorithms.dizo import search_batch_indices
+
+        def search_closure(step: int, iteration: int) -> Callable[[], torch.Tensor]:
+            indices = search_batch_indices(len(splits.train), cfg.batch_size, seed=cfg.seed, step=step, iteration=iteration)
+            search_batch = [splits.train[i] for i in indices]
+            return lambda: scorer.loss(search_batch, objective, max_new_tokens=cfg.max_new_tokens)
+
+        method_options["search_closure"] = search_closure
     opt = zotune.build_optimizer(cfg.method, params, lr=cfg.resolved_lr, eps=cfg.resolved_eps,
-                                 weight_decay=cfg.weight_decay, seed=cfg.seed, n_queries=cfg.n_queries)
+                                 weight_decay=cfg.weight_decay, seed=cfg.seed, n_queries=cfg.n_queries,
+                                 **method_options)
     sampler = BatchSampler(len(splits.train), cfg.batch_size, cfg.seed) if cfg.steps else None
+    # The run folder is created only once everything that can fail on bad input has been built.
+    run = RunFolder(out, overwrite=cfg.overwrite)
+    run.write_config({**cfg.to_dict(), "out": str(run.path), "task": task.name, "objective": objective,
+                      "task_source": task.source, "model_source": loaded.source})
+    zero_dev = summary.get("zero_shot", {}).get("dev")
+    if zero_dev:  # step 0 of the dev curve
+        run.log({"step": 0, "forward_passes": 0, "wall_time": time.perf_counter() - t0,
+                 **{f"dev_{k}": v for k, v in zero_dev.items() if k != "n"}})
     best = _Best()
     meta = {"model": cfg.model, "task": task.name, "peft": cfg.peft, "method": cfg.method}
 
@@ -186,6 +204,7 @@ def train(cfg: TrainConfig, *, loaded: LoadedModel | None = None, echo: Callable
             loss = float(opt.step(closure))
             record: dict[str, Any] = {"step": step, "loss": loss, "lr": opt.param_groups[0]["lr"],
                                       "forward_passes": opt.forward_passes,
+                                      "random_numbers": opt.last_step_random_numbers,
                                       "wall_time": time.perf_counter() - t0}
             if math.isfinite(loss):
                 consecutive_bad = 0

@@ -41,11 +41,17 @@ def _jsonable(value: Any) -> Any:
 class RunFolder:
     """One training run's output folder."""
 
+    @staticmethod
+    def check_free(path: str | Path, overwrite: bool = False) -> None:
+        """Raise ``FileExistsError`` if ``path`` holds files and ``overwrite`` is off (checked before any work)."""
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+            raise FileExistsError(f"run folder {path} already exists and is not empty (use --overwrite or another --out)")
+
     def __init__(self, path: str | Path, *, overwrite: bool = False) -> None:
         self.path = Path(path)
+        self.check_free(self.path, overwrite)
         if self.path.exists() and any(self.path.iterdir()):
-            if not overwrite:
-                raise FileExistsError(f"run folder {self.path} already exists and is not empty (use --overwrite or another --out)")
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / "metrics.jsonl"

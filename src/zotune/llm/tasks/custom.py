@@ -134,7 +134,7 @@ def make_custom_task(spec: CustomTaskSpec) -> Task:
             if key not in words:
                 raise TaskDataError(
                     f"{where(row)}: label {value!r} is not among the candidates "
-                    f"({', '.join(k for k in words if k not in classes or k in words.values() and False) or ', '.join(words)})"
+                    f"(accepted labels: {', '.join(repr(k) for k in words)})"
                 )
             word = words[key]
             return Example(prompt, tuple(_join(prompt, w) for w in classes), (classes.index(word),))
