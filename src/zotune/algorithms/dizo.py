@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Union
 import torch
 
 from zotune.algorithms.layer_selection import PRESETS, select_projection_targets
+from zotune.core.optimizer import scalar_loss
 from zotune.core.seeds import STREAM_AUX, mix, unit_uniform
 from zotune.core.transforms import Transform
 from zotune.methods import Component, compose, register_component
@@ -154,17 +155,6 @@ def search_batch_indices(num_examples: int, batch_size: int, *, seed: int, step:
     generator = torch.Generator().manual_seed(mix(seed, STREAM_AUX, _DIZO_TAG, _KEY_BATCH, step, iteration))
     order = torch.randperm(num_examples, generator=generator)
     return [int(i) for i in order[: min(batch_size, num_examples)]]
-
-
-def _loss_value(value: Any) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"the closure must return a scalar loss, got a tensor of shape {tuple(value.shape)}")
-        return float(value.detach().to(torch.float32))
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"the closure must return a scalar loss, got {type(value).__name__}") from None
 
 
 class DiZOProjection(Transform):
@@ -359,7 +349,7 @@ class DiZOProjection(Transform):
     def _forward(self, optimizer: ZOOptimizer, closure: Closure) -> float:
         optimizer.forward_passes += 1
         self.search_forward_passes += 1
-        return _loss_value(closure())
+        return scalar_loss(closure())
 
     # --- reporting and checkpoints ----------------------------------------------------------------
 

@@ -306,12 +306,16 @@ class _Prober:
 
     def loss(self) -> float:
         self.optimizer.forward_passes += 1
-        value = self.closure()
-        if isinstance(value, torch.Tensor):
-            if value.numel() != 1:
-                raise ValueError(f"the closure must return a scalar loss, got a tensor of shape {tuple(value.shape)}")
-            return float(value.detach().to(torch.float32))
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"the closure must return a scalar loss, got {type(value).__name__}") from None
+        return scalar_loss(self.closure())
+
+
+def scalar_loss(value: Any) -> float:
+    """A closure's return value as a Python float, via float32 (whatever dtype the loss was computed in)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"the closure must return a scalar loss, got a tensor of shape {tuple(value.shape)}")
+        return float(value.detach().to(torch.float32))
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"the closure must return a scalar loss, got {type(value).__name__}") from None
