@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zotune.bench.experiments import Experiment
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -19,6 +22,31 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     step.add_arguments(step_parser)
     step_parser.set_defaults(func=_run_step)
+
+    run_parser = kinds.add_parser(
+        "run", help="run an experiment file of benchmarks/ (cost or convergence) and append its result(s)"
+    )
+    run_parser.add_argument("experiments", nargs="+", help="experiment file(s), e.g. benchmarks/cost/smollm2-full.toml")
+    run_parser.add_argument("--part", choices=["grid", "final", "all"], default="all",
+                            help="convergence: the learning-rate grid, the final seeds, or both (default)")
+    run_parser.add_argument("--methods", nargs="+", default=None,
+                            help="convergence: only these methods (to split a study across processes)")
+    run_parser.add_argument("--memory-only", action="store_true",
+                            help="cost: re-measure only the peak memory (safe beside other jobs) and append it")
+    run_parser.add_argument("--no-memory", action="store_true",
+                            help="cost: time only; the report keeps the newest memory measurement")
+    run_parser.add_argument("--dry-run", action="store_true", help="list the runs still to do, run nothing")
+    run_parser.set_defaults(func=_run_experiment)
+
+    report_parser = kinds.add_parser("report", help="tables (markdown) and plots (PNG) of experiments' results")
+    report_parser.add_argument("experiments", nargs="+", help="experiment files")
+    report_parser.add_argument("--out", default=None, help="folder for the report (default: beside each results file)")
+    report_parser.set_defaults(func=_report)
+
+    cost_memory = kinds.add_parser("cost-memory", help="(internal) peak RSS of one cost-benchmark mode, in this process")
+    cost_memory.add_argument("--config-json", required=True)
+    cost_memory.add_argument("--mode", required=True)
+    cost_memory.set_defaults(func=_run_cost_memory)
 
     memory_parser = kinds.add_parser("memory", help="(internal) peak RSS of one mode, in this process")
     memory_parser.add_argument("--mode", choices=["infer", "train", "reference"], required=True)
@@ -43,4 +71,68 @@ def _run_memory(args: argparse.Namespace) -> int:
     from zotune.bench.step import run_memory_mode
 
     print(json.dumps(run_memory_mode(args.mode, args.batch, args.length, args.steps, args.layers, args.sampler)))
+    return 0
+
+
+def _run_experiment(args: argparse.Namespace) -> int:
+    from zotune.bench.experiments import load_experiment
+
+    experiments = [load_experiment(path) for path in args.experiments]  # all checked before any runs
+    for exp in experiments:
+        _run_one_experiment(exp, args)
+    return 0
+
+
+def _run_one_experiment(exp: "Experiment", args: argparse.Namespace) -> None:
+    import sys
+
+    from zotune.bench.experiments import append_result, read_results
+
+    if exp.kind == "cost":
+        if args.dry_run:
+            print(f"{exp.path}: one cost run -> {exp.results}")
+            return
+        from zotune.bench.cost import run_cost, run_cost_memory
+
+        if args.memory_only:
+            result = run_cost_memory(exp.config)
+            append_result(exp.results, {"experiment": exp.name, **result})
+            print(json.dumps(result["memory_ratio_to_inference"], indent=1))
+            return
+        if args.no_memory:
+            exp.config.memory = False
+        result = run_cost(exp.config)
+        append_result(exp.results, {"experiment": exp.name, **result})
+        print(json.dumps(result["rows"], indent=1))
+        print(f"appended to {exp.results}", file=sys.stderr)
+        return
+    from zotune.bench.convergence import planned_runs, run_study
+
+    if args.dry_run:
+        todo = planned_runs(exp.config, read_results(exp.results), args.part, args.methods)
+        for key in todo:
+            print(f"{key.method} lr={key.lr:g} seed={key.seed}")
+        print(f"{len(todo)} run(s) to do ({args.part}); results in {exp.results}", file=sys.stderr)
+        return
+    ran = run_study(exp, args.part, args.methods)
+    print(f"{ran} run(s) appended to {exp.results}", file=sys.stderr)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from zotune.bench.experiments import load_experiment
+    from zotune.bench.report import write_report
+
+    for path in args.experiments:
+        exp = load_experiment(path)
+        for written in write_report(exp, Path(args.out) if args.out else None):
+            print(written)
+    return 0
+
+
+def _run_cost_memory(args: argparse.Namespace) -> int:
+    from zotune.bench.cost import CostConfig, measure_memory_mode
+
+    print(json.dumps(measure_memory_mode(CostConfig(**json.loads(args.config_json)), args.mode)))
     return 0

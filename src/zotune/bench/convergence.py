@@ -1,0 +1,342 @@
+"""Convergence study: every method at its own learning rate, several seeds, on one task.
+
+Protocol (one experiment file = one task):
+
+1. **Grid.** Every method runs at every learning rate of its grid on the ``grid_seeds``. The learning rate
+   kept for a method is the one with the highest mean *best dev metric* (the dev metric of the best-dev
+   checkpoint, the one the run reports on test) over the grid seeds; ties go to the higher mean final dev
+   metric, then to the smaller learning rate. A diverged run counts as -inf.
+2. **Final.** Every method runs at its kept learning rate on every seed of ``seeds``. Runs of the grid with
+   the same (method, lr, seed) are the same run and are not repeated.
+
+Each finished run appends one JSON line: its key (method, lr, seed), the dev curve (step, forward passes,
+dev metric, wall time), zero-shot numbers (computed in the first run of each seed only: they depend on the
+seed's data split, not on the method), the test metric of the best-dev checkpoint, and its wall and CPU
+time. Runs already in the file are skipped, so a study can be interrupted and resumed, or split across
+processes with ``methods`` filters.
+
+Analysis (:func:`summarize`): MeZO's *final dev metric* is the mean over seeds of its dev metric at the
+last step. For each method, the steps (and forward passes) to reach it are read off the seed-mean dev
+curve at the evaluation points (first point >= target; ``None`` when never reached), and per seed; the
+ratio to MeZO's own is the claim under test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zotune.bench.experiments import Experiment, append_result, read_results
+
+__all__ = ["ConvergenceConfig", "RunKey", "planned_runs", "choose_lr", "run_study", "summarize", "mean_curve"]
+
+
+@dataclass
+class ConvergenceConfig:
+    """One task's study (a ``kind = "convergence"`` file under ``benchmarks/``)."""
+
+    task: str = "mr"
+    model: str = "smollm2-135m"
+    peft: str = "prefix"
+    methods: list[str] = field(default_factory=lambda: ["mezo", "kerzoo", "pezo", "dizo", "kerzoo+pezo+dizo"])
+    lr_grid: dict[str, list[float]] = field(default_factory=dict)  # method -> learning rates
+    eps: float | None = None
+    grid_seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    steps: int = 100
+    batch_size: int = 8
+    eval_every: int = 20
+    num_train: int = 1000
+    num_dev: int = 100
+    num_eval: int = 300
+    max_length: int = 64
+    threads: int | None = None
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> options
+    train_options: dict[str, Any] = field(default_factory=dict)  # any other TrainConfig field (e.g. a custom task)
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ValueError("methods must name at least one method")
+        missing = [m for m in self.methods if not self.lr_grid.get(m)]
+        if missing:
+            raise ValueError(f"lr_grid has no learning rates for {', '.join(missing)}")
+        if not set(self.grid_seeds) <= set(self.seeds):
+            raise ValueError("grid_seeds must be among seeds (grid runs are reused as final runs)")
+        if self.steps < 1 or self.eval_every < 1 or self.steps % self.eval_every:
+            raise ValueError("steps and eval_every must be positive and steps a multiple of eval_every")
+        from zotune.train.config import TrainConfig
+
+        owned = {"model", "task", "method", "peft", "steps", "lr", "eps", "batch_size", "eval_every", "seed", "out",
+                 "num_train", "num_dev", "num_eval", "max_length", "threads", "method_options", "zero_shot",
+                 "progress", "overwrite"}
+        bad = sorted(set(self.train_options) - (set(TrainConfig.field_names()) - owned))
+        if bad:
+            raise ValueError(f"train_options cannot set {', '.join(bad)} (unknown, or a field of the study itself)")
+        unknown = sorted(set(self.method_options) - set(self.methods))
+        if unknown:
+            raise ValueError(f"method_options for methods not in the study: {', '.join(unknown)}")
+
+
+@dataclass(frozen=True)
+class RunKey:
+    method: str
+    lr: float
+    seed: int
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> "RunKey":
+        return cls(record["method"], float(record["lr"]), int(record["seed"]))
+
+
+def _done(records: list[dict[str, Any]]) -> dict[RunKey, dict[str, Any]]:
+    return {RunKey.of(r): r for r in records}
+
+
+def grid_runs(cfg: ConvergenceConfig, methods: Iterable[str] | None = None) -> list[RunKey]:
+    wanted = list(methods) if methods else cfg.methods
+    return [RunKey(m, float(lr), s) for m in wanted for lr in cfg.lr_grid[m] for s in cfg.grid_seeds]
+
+
+def _score(record: dict[str, Any] | None) -> tuple[float, float]:
+    if record is None or record.get("status") != "completed":
+        return (-math.inf, -math.inf)
+    return (record["best_dev"], record["curve"][-1]["dev"])
+
+
+def choose_lr(cfg: ConvergenceConfig, records: list[dict[str, Any]], method: str) -> float | None:
+    """The grid's learning rate for ``method`` (see the module docstring); None until its grid is complete."""
+    done = _done(records)
+    scores = []
+    for lr in cfg.lr_grid[method]:
+        runs = [done.get(RunKey(method, float(lr), s)) for s in cfg.grid_seeds]
+        if any(r is None for r in runs):
+            return None
+        per_seed = [_score(r) for r in runs]
+        mean_best = statistics.fmean(s[0] for s in per_seed) if all(math.isfinite(s[0]) for s in per_seed) else -math.inf
+        mean_final = statistics.fmean(s[1] for s in per_seed) if all(math.isfinite(s[1]) for s in per_seed) else -math.inf
+        scores.append(((mean_best, mean_final, -float(lr)), float(lr)))
+    return max(scores)[1]
+
+
+def planned_runs(cfg: ConvergenceConfig, records: list[dict[str, Any]], part: str, methods: Iterable[str] | None = None) -> list[RunKey]:
+    """Runs of ``part`` ("grid", "final" or "all") not yet in ``records``; final runs need a finished grid."""
+    if part not in ("grid", "final", "all"):
+        raise ValueError(f"part must be grid, final or all, got {part!r}")
+    wanted = list(methods) if methods else cfg.methods
+    unknown = sorted(set(wanted) - set(cfg.methods))
+    if unknown:
+        raise ValueError(f"methods not in this study: {', '.join(unknown)}; it has {', '.join(cfg.methods)}")
+    done = _done(records)
+    keys: list[RunKey] = []
+    if part in ("grid", "all"):
+        keys += grid_runs(cfg, wanted)
+    if part in ("final", "all"):
+        for method in wanted:
+            lr = choose_lr(cfg, records, method)
+            if lr is None:
+                if part == "final":
+                    raise ValueError(f"the grid of {method} is not finished: run --part grid first")
+                continue  # "all": the final runs are planned again once the grid is done
+            keys += [RunKey(method, lr, s) for s in cfg.seeds]
+    seen: set[RunKey] = set()
+    return [k for k in keys if not (k in done or k in seen or seen.add(k))]
+
+
+def _train_config(cfg: ConvergenceConfig, key: RunKey, out: Path, zero_shot: bool) -> Any:
+    from zotune.train.config import TrainConfig
+
+    return TrainConfig(
+        model=cfg.model, task=cfg.task, method=key.method, peft=cfg.peft, steps=cfg.steps, lr=key.lr, eps=cfg.eps,
+        batch_size=cfg.batch_size, eval_every=cfg.eval_every, seed=key.seed, out=str(out), num_train=cfg.num_train,
+        num_dev=cfg.num_dev, num_eval=cfg.num_eval, max_length=cfg.max_length, threads=cfg.threads,
+        method_options=dict(cfg.method_options.get(key.method, {})), zero_shot=zero_shot, progress=False,
+        overwrite=True, **cfg.train_options,
+    )
+
+
+def run_one(cfg: ConvergenceConfig, key: RunKey, zero_shot: bool, workdir: Path) -> dict[str, Any]:
+    """Train one run and return its result line (a diverged run is a result too)."""
+    from zotune.train.loop import TrainingDiverged, train
+
+    out = workdir / f"{key.method}-lr{key.lr:g}-seed{key.seed}"
+    started = time.perf_counter()
+    status, error = "completed", None
+    try:
+        summary = train(_train_config(cfg, key, out, zero_shot), echo=lambda _: None)
+    except TrainingDiverged as exc:
+        summary, status, error = json.loads((out / "summary.json").read_text()), "diverged", str(exc)
+    metrics = _read_metrics(out)
+    metric = summary["metric"]
+    curve = [{"step": r["step"], "forward_passes": r["forward_passes"], "dev": r[f"dev_{metric}"], "wall_time": round(r["wall_time"], 1)}
+             for r in metrics if f"dev_{metric}" in r]
+    record: dict[str, Any] = {
+        "method": key.method, "lr": key.lr, "seed": key.seed, "status": status, "metric": metric,
+        "curve": curve, "best_dev": (summary.get("final") or {}).get("dev", {}).get(metric) if status == "completed" else None,
+        "best_step": summary.get("best_step"), "test": ((summary.get("final") or {}).get("test") or {}).get(metric),
+        "forward_passes": summary.get("forward_passes"), "nonfinite_steps": summary.get("nonfinite_steps"),
+        "wall_seconds": round(time.perf_counter() - started, 1), "train_seconds": round(summary.get("train_seconds", 0.0), 1),
+        "cpu_seconds": round(summary.get("cpu_seconds", 0.0), 1), "threads": summary.get("threads"),
+        "trainable_params": summary.get("trainable_params"),
+    }
+    if error:
+        record["error"] = error
+    if "zero_shot" in summary:
+        record["zero_shot"] = {split: values.get(metric) for split, values in summary["zero_shot"].items()}
+    return record
+
+
+def _read_metrics(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _claim(folder: Path, key: RunKey) -> Path | None:
+    """Claim ``key`` for this process (a file created exclusively, holding our pid); None if another live
+    process holds it. A claim whose process is gone (a killed worker) is taken over."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{key.method}-lr{key.lr:g}-seed{key.seed}"
+    for _ in range(2):
+        try:
+            with open(path, "x") as handle:
+                handle.write(str(os.getpid()))
+            return path
+        except FileExistsError:
+            try:
+                owner = int(path.read_text() or "0")
+                os.kill(owner, 0)  # raises if no such process
+                return None
+            except (ProcessLookupError, ValueError):
+                path.unlink(missing_ok=True)  # stale: its worker died; try once more
+            except (PermissionError, FileNotFoundError):
+                return None
+    return None
+
+
+def run_study(exp: Experiment, part: str = "all", methods: Iterable[str] | None = None,
+              echo: Callable[[str], None] | None = None, workdir: Path | None = None) -> int:
+    """Run every planned run of ``part`` not yet in the results file; returns how many this process ran.
+
+    Several processes may run the same study at once: each run is claimed (``<results>.claims/``) before it
+    starts, so every worker takes the next run nobody holds.
+    """
+    echo = echo or (lambda message: print(message, file=sys.stderr))
+    cfg: ConvergenceConfig = exp.config
+    claims = exp.results.with_name(exp.results.name + ".claims")
+    ran = 0
+    with tempfile.TemporaryDirectory(prefix="zotune-bench-") as tmp:
+        base = workdir or Path(tmp)
+        while True:
+            records = read_results(exp.results)
+            todo = planned_runs(cfg, records, part, methods)
+            claim, key = None, None
+            for candidate in todo:
+                claim = _claim(claims, candidate)
+                if claim is not None:
+                    key = candidate
+                    break
+            if key is None or claim is None:
+                break  # nothing left, or the rest is held by other workers
+            try:
+                if key in {RunKey.of(r) for r in read_results(exp.results)}:
+                    continue  # finished by another worker between our read and our claim
+                records = read_results(exp.results)
+                zero_shot = not any(r.get("zero_shot") and r["seed"] == key.seed for r in records)
+                echo(f"[{exp.name}] {key.method} lr={key.lr:g} seed={key.seed} ({len(todo)} planned runs left)")
+                record = run_one(cfg, key, zero_shot, base)
+                append_result(exp.results, {"experiment": exp.name, "task": cfg.task, "model": cfg.model, "peft": cfg.peft, **record})
+                echo(f"[{exp.name}]   {record['status']}: best dev {record['best_dev']}, test {record['test']}, {record['wall_seconds']} s")
+                ran += 1
+            finally:
+                claim.unlink(missing_ok=True)
+    return ran
+
+
+# ---------------------------------------------------------------------------------------------------------
+# analysis
+# ---------------------------------------------------------------------------------------------------------
+
+
+def mean_curve(records: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Seed-mean (and min / max / std) of dev metric and forward passes at each evaluated step.
+
+    Only steps every run evaluated are kept, so a diverged (shortened) run shortens the mean curve.
+    """
+    steps = sorted(set.intersection(*({p["step"] for p in r["curve"]} for r in records))) if records else []
+    out = []
+    for step in steps:
+        points = [next(p for p in r["curve"] if p["step"] == step) for r in records]
+        devs = [p["dev"] for p in points]
+        out.append({
+            "step": step, "dev": statistics.fmean(devs), "dev_min": min(devs), "dev_max": max(devs),
+            "dev_std": statistics.stdev(devs) if len(devs) > 1 else 0.0,
+            "forward_passes": statistics.fmean(p["forward_passes"] for p in points),
+        })
+    return out
+
+
+def first_reaching(curve: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
+    """The first point of a curve whose dev metric is >= target (None if no point is)."""
+    return next((p for p in curve if p["dev"] >= target - 1e-12), None)
+
+
+def _with_step_zero(record: dict[str, Any], zero_shot: dict[str, Any] | None) -> dict[str, Any]:
+    """The run with its seed's zero-shot dev metric as step 0 of its curve (only the first run of a seed
+    evaluates it; it is the same model and data for every method)."""
+    curve = record["curve"]
+    if curve and curve[0]["step"] == 0 or not zero_shot or zero_shot.get("dev") is None:
+        return record
+    return {**record, "curve": [{"step": 0, "forward_passes": 0, "dev": zero_shot["dev"], "wall_time": 0.0}, *curve]}
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(cfg: ConvergenceConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per method: kept lr, test mean/std, dev curves, steps and forward passes to reach MeZO's final dev."""
+    by_key = _done(records)
+    zero = {r["seed"]: r["zero_shot"] for r in records if r.get("zero_shot")}
+    methods: dict[str, Any] = {}
+    for method in cfg.methods:
+        lr = choose_lr(cfg, records, method)
+        runs = [by_key[RunKey(method, lr, s)] for s in cfg.seeds if lr is not None and RunKey(method, lr, s) in by_key]
+        completed = [_with_step_zero(r, zero.get(r["seed"])) for r in runs if r["status"] == "completed"]
+        test_mean, test_std = _mean_std([r["test"] for r in completed])
+        methods[method] = {
+            "lr": lr, "seeds": [r["seed"] for r in runs], "diverged": len(runs) - len(completed),
+            "test_mean": test_mean, "test_std": test_std, "tests": [r["test"] for r in completed],
+            "curve": mean_curve(completed), "runs": completed,
+            "wall_seconds_mean": statistics.fmean(r["wall_seconds"] for r in runs) if runs else None,
+            "forward_passes_per_step": (statistics.fmean(r["forward_passes"] / cfg.steps for r in completed)
+                                        if completed else None),
+        }
+    baseline = methods.get("mezo")
+    target = None
+    if baseline and baseline["runs"]:
+        target = statistics.fmean(r["curve"][-1]["dev"] for r in baseline["runs"])
+    for method, info in methods.items():
+        hit = first_reaching(info["curve"], target) if target is not None else None
+        info["reach"] = {"step": hit["step"] if hit else None, "forward_passes": hit["forward_passes"] if hit else None,
+                         "per_seed_steps": [(p := first_reaching(r["curve"], target)) and p["step"] for r in info["runs"]]
+                         if target is not None else []}
+    if baseline and baseline["reach"]["step"]:
+        for info in methods.values():
+            reach = info["reach"]
+            reach["step_ratio"] = reach["step"] / baseline["reach"]["step"] if reach["step"] else None
+            reach["forward_pass_ratio"] = (reach["forward_passes"] / baseline["reach"]["forward_passes"]
+                                           if reach["forward_passes"] else None)
+    zs_test, zs_test_std = _mean_std([z["test"] for s, z in zero.items() if s in cfg.seeds and z.get("test") is not None])
+    zs_dev, _ = _mean_std([z["dev"] for s, z in zero.items() if s in cfg.seeds and z.get("dev") is not None])
+    return {"task": cfg.task, "target_dev": target, "zero_shot": {"test_mean": zs_test, "test_std": zs_test_std, "dev_mean": zs_dev},
+            "zero_shot_by_seed": zero, "methods": methods}

@@ -1,0 +1,170 @@
+"""Markdown tables and PNG plots of experiment results (``zotune bench report``).
+
+Everything here is read from the results files; nothing is typed in by hand, so a table can always be
+traced back to the command that appended its lines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from zotune.bench.experiments import Experiment, read_results
+
+__all__ = ["write_report", "cost_table", "convergence_tables", "plot_convergence"]
+
+
+def _fmt_int(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f}"
+
+
+def cost_table(record: dict[str, Any], memory: dict[str, Any] | None = None) -> str:
+    """One cost run as a table, rows in the order they were timed; ``memory``, a later memory measurement
+    (another run's, or a ``--memory-only`` line), replaces the run's own memory columns."""
+    cfg = record["config"]
+    if memory is not None:
+        ratios = memory.get("memory_ratio_to_inference") or {
+            name: row["memory_ratio_to_inference"] for name, row in memory["rows"].items() if "memory_ratio_to_inference" in row}
+        record = {**record, "peak_rss_mb": memory["peak_rss_mb"], "memory_wall_seconds": memory["wall_seconds"],
+                  "rows": {name: {**row, **({"memory_ratio_to_inference": ratios[name]} if name in ratios else {})}
+                           for name, row in record["rows"].items()}}
+    rows = record["rows"]
+    floor = rows["forward x2"]["seconds_per_step"]
+    lines = [
+        f"**{cfg['model']}, {cfg['peft']}** ({record['trainable_params']:,} trainable parameters, batch {cfg['batch']} x "
+        f"{cfg['length']} tokens, full-vocabulary loss, {record['threads']} threads, median of {cfg['rounds']} interleaved "
+        f"rounds; two forward passes = {floor:.3f} s)",
+        "",
+        "| variant | s / step | ÷ two forwards | forward passes / step | random numbers / step | peak memory ÷ inference |",
+        "|---|---|---|---|---|---|",
+    ]
+    order = [name for name in ("forward x2", "reference", *cfg["methods"]) if name in rows]  # the file's keys are sorted
+    for name in order:
+        row = rows[name]
+        memory = row.get("memory_ratio_to_inference")
+        seconds = f"{row['seconds_per_step']:.3f}"
+        if "search_cycle_seconds" in row:
+            seconds += f" ({row['seconds_per_plain_step']:.3f} + {row['search_cycle_seconds']:.2f} / {row['interval']})"
+        lines.append(
+            f"| {name} | {seconds} | {row['ratio_to_two_forwards']:.3f} | {row['forward_passes_per_step']:g} | "
+            f"{_fmt_int(row['random_numbers_per_step'])} | {'1' if name == 'forward x2' else ('–' if memory is None else f'{memory:.3f}')} |"
+        )
+    if "peak_rss_mb" in record:
+        peaks = record["peak_rss_mb"]
+        lines += ["", "Peak RSS (MiB): " + ", ".join(f"{k} {peaks[k]:,.0f}" for k in ["infer", *order[1:]] if k in peaks)
+                  + f". Whole experiment: {record['wall_seconds']:.0f} s"
+                  + (f" (memory measured in a separate run: {record['memory_wall_seconds']:.0f} s)." if "memory_wall_seconds" in record else ".")]
+    return "\n".join(lines)
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    return "–" if mean is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "not reached" if value is None else f"{value:.2f}"
+
+
+def convergence_tables(summary: dict[str, Any], cfg: Any, records: list[dict[str, Any]]) -> str:
+    from zotune.bench.convergence import RunKey
+
+    target = summary["target_dev"]
+    zs = summary["zero_shot"]
+    lines = [
+        f"**{cfg.task}**, {cfg.model}, {cfg.peft}: {cfg.steps} steps of batch {cfg.batch_size}, dev {cfg.num_dev} / test "
+        f"{cfg.num_eval} examples, seeds {cfg.seeds}, dev every {cfg.eval_every} steps. "
+        f"Target = MeZO's final dev {'–' if target is None else format(target, '.3f')}; zero-shot test {_pm(zs['test_mean'], zs['test_std'])}.",
+        "",
+        "| method | lr (kept) | steps to target | ÷ MeZO | forward passes to target | ÷ MeZO | per-seed steps | "
+        "test (mean ± std) | forward passes / step | wall s / run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, info in summary["methods"].items():
+        reach = info["reach"]
+        per_seed = ", ".join("–" if s is None else str(s) for s in reach.get("per_seed_steps", []))
+        lr = "–" if info["lr"] is None else f"{info['lr']:g}"
+        steps = "not reached" if reach["step"] is None else str(reach["step"])
+        test = _pm(info["test_mean"], info["test_std"]) + (f" ({info['diverged']} diverged)" if info["diverged"] else "")
+        passes = "–" if info["forward_passes_per_step"] is None else f"{info['forward_passes_per_step']:.2f}"
+        wall = "–" if info["wall_seconds_mean"] is None else f"{info['wall_seconds_mean']:.0f}"
+        lines.append(
+            f"| {method} | {lr} | {steps} | {_ratio(reach.get('step_ratio'))} | {_fmt_int(reach['forward_passes'])} | "
+            f"{_ratio(reach.get('forward_pass_ratio'))} | {per_seed} | {test} | {passes} | {wall} |"
+        )
+    # the learning-rate grid, for the record
+    by_key = {RunKey.of(r): r for r in records}
+    lines += ["", f"Learning-rate grid (best dev metric, mean over grid seeds {cfg.grid_seeds}; * = kept):", "",
+              "| method | " + " | ".join("lr" for _ in range(max(len(v) for v in cfg.lr_grid.values()))) + " |",
+              "|---|" + "---|" * max(len(v) for v in cfg.lr_grid.values())]
+    for method in cfg.methods:
+        cells = []
+        for lr in cfg.lr_grid[method]:
+            runs = [by_key.get(RunKey(method, float(lr), s)) for s in cfg.grid_seeds]
+            if any(r is None for r in runs):
+                cells.append(f"{lr:g}: not run")
+                continue
+            values = [r["best_dev"] for r in runs if r["status"] == "completed"]
+            mark = "*" if summary["methods"][method]["lr"] == float(lr) else ""
+            cells.append(f"{lr:g}: " + (f"{sum(values) / len(values):.3f}{mark}" if len(values) == len(runs) else "diverged"))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_convergence(summary: dict[str, Any], path: Path, title: str) -> Path:
+    """Dev metric against steps and against forward passes: seed mean, with the min-max band over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for method, info in summary["methods"].items():
+        curve = info["curve"]
+        if not curve:
+            continue
+        label = f"{method} (lr {info['lr']:g}, n={len(info['runs'])})"
+        for axis, x_key in zip(axes, ("step", "forward_passes")):
+            xs = [p[x_key] for p in curve]
+            line, = axis.plot(xs, [p["dev"] for p in curve], marker="o", markersize=3, label=label)
+            axis.fill_between(xs, [p["dev_min"] for p in curve], [p["dev_max"] for p in curve], color=line.get_color(), alpha=0.15)
+    for axis, xlabel in zip(axes, ("steps", "forward passes")):
+        if summary["target_dev"] is not None:
+            axis.axhline(summary["target_dev"], color="grey", linestyle="--", linewidth=1)
+        axis.set_xlabel(xlabel)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("dev metric (mean over seeds; band: min-max)")
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title + " (dashed: MeZO's final dev metric)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(exp: Experiment, out: Path | None = None) -> list[Path]:
+    """Write ``<stem>.md`` (and ``<stem>.png`` for a convergence study) beside the results file."""
+    records = read_results(exp.results)
+    if not records:
+        raise ValueError(f"{exp.results} has no results yet: run `zotune bench run {exp.path}` first")
+    folder = out or exp.results.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    if exp.kind == "cost":
+        timed = [i for i, r in enumerate(records) if r.get("kind") == "cost"]
+        measured = [i for i, r in enumerate(records) if "peak_rss_mb" in r]
+        if not timed:
+            raise ValueError(f"{exp.results} has no timed run yet: run `zotune bench run {exp.path}`")
+        # the newest timing and the newest memory measurement (a run of both, or a --memory-only line)
+        newer_memory = records[measured[-1]] if measured and measured[-1] != timed[-1] else None
+        text = cost_table(records[timed[-1]], newer_memory)
+    else:
+        from zotune.bench.convergence import summarize
+
+        summary = summarize(exp.config, records)
+        text = convergence_tables(summary, exp.config, records)
+        written.append(plot_convergence(summary, folder / f"{exp.name}.png",
+                                        f"{exp.config.task} / {exp.config.model} / {exp.config.peft}"))
+    md = folder / f"{exp.name}.md"
+    md.write_text(f"<!-- made by: zotune bench report {exp.path} -->\n{text}\n", encoding="utf-8")
+    return [md, *written]

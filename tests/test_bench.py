@@ -1,0 +1,244 @@
+"""Benchmark experiments: files, resumable convergence studies, their analysis and reports, the cost runner."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from fixtures.tiny import save_tiny
+from zotune.bench.convergence import (
+    ConvergenceConfig,
+    RunKey,
+    choose_lr,
+    first_reaching,
+    mean_curve,
+    planned_runs,
+    run_study,
+    summarize,
+)
+from zotune.bench.cost import CostConfig, run_cost
+from zotune.bench.experiments import append_result, load_experiment, read_results
+from zotune.bench.report import cost_table, write_report
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+def study(**kw) -> ConvergenceConfig:
+    base = dict(methods=["mezo", "pezo"], lr_grid={"mezo": [0.1, 0.2], "pezo": [0.1, 0.2]}, grid_seeds=[0],
+                seeds=[0, 1], steps=40, eval_every=20)
+    return ConvergenceConfig(**{**base, **kw})
+
+
+def record(method: str, lr: float, seed: int, devs: list[float], test: float = 0.5, status: str = "completed",
+           passes_per_step: float = 2.0, zero: float | None = None) -> dict:
+    curve = [{"step": 20 * (i + 1), "forward_passes": passes_per_step * 20 * (i + 1), "dev": d, "wall_time": 1.0}
+             for i, d in enumerate(devs)]
+    out = {"method": method, "lr": lr, "seed": seed, "status": status, "metric": "accuracy", "curve": curve,
+           "best_dev": max(devs) if status == "completed" else None, "best_step": 20, "test": test,
+           "forward_passes": passes_per_step * 40, "wall_seconds": 3.0}
+    if zero is not None:
+        out["zero_shot"] = {"dev": zero, "test": zero}
+    return out
+
+
+# --- experiment files and results files ---------------------------------------------------------------
+
+
+def test_experiment_file_is_validated(tmp_path):
+    good = tmp_path / "mr.toml"
+    good.write_text('kind = "convergence"\ntask = "mr"\nmethods = ["mezo"]\n[lr_grid]\nmezo = [0.01]\n')
+    exp = load_experiment(good)
+    assert exp.kind == "convergence" and exp.results == tmp_path / "results" / "mr.jsonl"
+    assert exp.config.lr_grid == {"mezo": [0.01]}
+    for text, message in [
+        ('task = "mr"\n', "missing 'kind'"),
+        ('kind = "speed"\n', "unknown experiment kind"),
+        ('kind = "cost"\nbatchsize = 3\n', "unknown key"),
+        ('kind = "convergence"\nmethods = ["mezo"]\n', "lr_grid has no learning rates for mezo"),
+        ('kind = "cost"\nbatch = 0\n', "batch must be a positive integer"),
+    ]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_experiment(bad)
+
+
+def test_results_append_and_read_back(tmp_path):
+    path = tmp_path / "r" / "x.jsonl"
+    assert read_results(path) == []
+    append_result(path, {"a": 1})
+    append_result(path, {"a": 2})
+    assert [r["a"] for r in read_results(path)] == [1, 2]
+    with open(path, "a") as handle:
+        handle.write('{"a": 3')  # a torn line
+    with pytest.raises(ValueError, match="x.jsonl:3"):
+        read_results(path)
+
+
+# --- the protocol: grid, kept learning rate, final runs ---------------------------------------------------
+
+
+def test_choose_lr_takes_the_best_mean_dev_and_counts_divergence_as_worst():
+    cfg = study()
+    records = [record("mezo", 0.1, 0, [0.6, 0.7]), record("mezo", 0.2, 0, [0.8, 0.75])]
+    assert choose_lr(cfg, records, "mezo") == 0.2
+    assert choose_lr(cfg, records, "pezo") is None  # grid not run yet
+    diverged = [record("mezo", 0.1, 0, [0.6, 0.7]), record("mezo", 0.2, 0, [0.9], status="diverged")]
+    assert choose_lr(cfg, diverged, "mezo") == 0.1
+    tie = [record("mezo", 0.1, 0, [0.8, 0.7]), record("mezo", 0.2, 0, [0.8, 0.7])]
+    assert choose_lr(cfg, tie, "mezo") == 0.1  # same best and final dev: the smaller lr
+    tie_final = [record("mezo", 0.1, 0, [0.8, 0.6]), record("mezo", 0.2, 0, [0.8, 0.7])]
+    assert choose_lr(cfg, tie_final, "mezo") == 0.2  # same best dev: the higher final dev
+
+
+def test_planned_runs_reuse_grid_runs_and_skip_finished_ones():
+    cfg = study()
+    assert planned_runs(cfg, [], "grid") == [RunKey("mezo", 0.1, 0), RunKey("mezo", 0.2, 0), RunKey("pezo", 0.1, 0), RunKey("pezo", 0.2, 0)]
+    assert planned_runs(cfg, [], "all") == planned_runs(cfg, [], "grid")  # finals wait for the grid
+    with pytest.raises(ValueError, match="grid of mezo is not finished"):
+        planned_runs(cfg, [], "final")
+    with pytest.raises(ValueError, match="not in this study"):
+        planned_runs(cfg, [], "grid", methods=["dizo"])
+    grid = [record("mezo", 0.1, 0, [0.6, 0.7]), record("mezo", 0.2, 0, [0.8, 0.75])]
+    assert planned_runs(cfg, grid, "all", methods=["mezo"]) == [RunKey("mezo", 0.2, 1)]  # seed 0 is the grid's run
+    assert planned_runs(cfg, grid + [record("mezo", 0.2, 1, [0.7, 0.7])], "all", methods=["mezo"]) == []
+
+
+# --- analysis ---------------------------------------------------------------------------------------------
+
+
+def test_mean_curve_and_first_reaching():
+    runs = [record("mezo", 0.1, 0, [0.5, 0.7]), record("mezo", 0.1, 1, [0.7, 0.9])]
+    curve = mean_curve(runs)
+    assert [p["step"] for p in curve] == [20, 40]
+    assert curve[1]["dev"] == pytest.approx(0.8) and curve[1]["dev_min"] == 0.7 and curve[1]["dev_max"] == 0.9
+    assert curve[0]["dev_std"] == pytest.approx(math.sqrt(0.02))
+    assert first_reaching(curve, 0.6)["step"] == 20
+    assert first_reaching(curve, 0.8)["step"] == 40  # equal counts as reached
+    assert first_reaching(curve, 0.81) is None
+
+
+def test_summarize_measures_steps_and_passes_to_mezo_final_dev():
+    cfg = study(methods=["mezo", "dizo"], lr_grid={"mezo": [0.1], "dizo": [0.1]})
+    records = [
+        record("mezo", 0.1, 0, [0.6, 0.7], test=0.70, zero=0.5),
+        record("mezo", 0.1, 1, [0.6, 0.8], test=0.80, zero=0.55),
+        record("dizo", 0.1, 0, [0.8, 0.8], test=0.75, passes_per_step=2.4),
+        record("dizo", 0.1, 1, [0.7, 0.8], test=0.85, passes_per_step=2.4),
+    ]
+    summary = summarize(cfg, records)
+    assert summary["target_dev"] == pytest.approx(0.75)
+    mezo, dizo = summary["methods"]["mezo"], summary["methods"]["dizo"]
+    assert mezo["reach"]["step"] == 40 and dizo["reach"]["step"] == 20
+    assert dizo["reach"]["step_ratio"] == pytest.approx(0.5)
+    assert dizo["reach"]["forward_pass_ratio"] == pytest.approx(48 / 80)
+    assert dizo["reach"]["per_seed_steps"] == [20, 40] and mezo["reach"]["per_seed_steps"] == [None, 40]
+    assert mezo["test_mean"] == pytest.approx(0.75) and mezo["test_std"] == pytest.approx(math.sqrt(0.005))
+    assert mezo["curve"][0] == {"step": 0, "dev": 0.525, "dev_min": 0.5, "dev_max": 0.55,
+                                "dev_std": pytest.approx(math.sqrt(0.00125)), "forward_passes": 0}
+    assert summary["zero_shot"]["test_mean"] == pytest.approx(0.525)
+    assert dizo["forward_passes_per_step"] == pytest.approx(2.4)
+
+
+def test_report_writes_tables_and_plot(tmp_path):
+    exp_file = tmp_path / "toy.toml"
+    exp_file.write_text('kind = "convergence"\nmethods = ["mezo", "pezo"]\nseeds = [0]\nsteps = 40\neval_every = 20\n'
+                        "[lr_grid]\nmezo = [0.1, 0.2]\npezo = [0.1]\n")
+    exp = load_experiment(exp_file)
+    with pytest.raises(ValueError, match="no results yet"):
+        write_report(exp)
+    for rec in [record("mezo", 0.1, 0, [0.6, 0.7], zero=0.5), record("mezo", 0.2, 0, [0.6, 0.65]),
+                record("pezo", 0.1, 0, [0.5, 0.6])]:
+        append_result(exp.results, rec)
+    md, png = write_report(exp)
+    text = md.read_text()
+    assert "| mezo | 0.1 | 40 | 1.00 |" in text and "| pezo | 0.1 | not reached |" in text
+    assert "0.1: 0.700*" in text and "0.2: 0.650" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- end to end on a tiny model ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "llama")
+
+
+def test_run_study_end_to_end_and_resume(tiny_dir, tmp_path):
+    custom = {"data": str(FIX / "custom" / "reviews.jsonl"), "template": "Review: {review}\nIt was",
+              "label_words": "neg=terrible,pos=great", "label_field": "sentiment"}
+    exp_file = tmp_path / "tiny.json"
+    exp_file.write_text(json.dumps({
+        "kind": "convergence", "task": "custom", "model": str(tiny_dir), "methods": ["mezo", "dizo"],
+        "lr_grid": {"mezo": [1e-2, 1e-3], "dizo": [1e-2]}, "eps": 1e-2, "seeds": [0, 1], "grid_seeds": [0],
+        "steps": 4, "eval_every": 2, "batch_size": 2, "num_train": 6, "num_dev": 2, "num_eval": 2,
+        "method_options": {"dizo": {"interval": 2, "search_iters": 1, "projected": "all"}}, "train_options": custom,
+    }))
+    exp = load_experiment(exp_file)
+    assert run_study(exp, "grid", echo=lambda _: None) == 3
+    ran = run_study(exp, "all", echo=lambda _: None)
+    assert ran == 2  # one more seed each for mezo and dizo at their kept lr
+    assert run_study(exp, "all", echo=lambda _: None) == 0  # resumed: nothing left
+    records = read_results(exp.results)
+    assert len(records) == 5 and all(r["status"] == "completed" for r in records)
+    assert sum(1 for r in records if "zero_shot" in r) == 2  # once per seed
+    dizo = [r for r in records if r["method"] == "dizo"]
+    assert all(r["forward_passes"] == 4 * 2 + 2 * 2 for r in dizo)  # 2 searches of one probe pair
+    assert all(r["curve"][-1]["step"] == 4 and 0.0 <= r["test"] <= 1.0 for r in records)
+    paths = write_report(exp)
+    assert paths[0].exists() and paths[1].exists()
+
+
+def test_cost_runner_counts_passes_and_random_numbers(tiny_dir):
+    cfg = CostConfig(model=str(tiny_dir), peft="full", methods=["mezo", "pezo", "dizo"], batch=2, length=8, rounds=1,
+                     method_options={"interval": 5, "search_iters": 2, "pool_size": 64})
+    result = run_cost(cfg, echo=lambda _: None)
+    rows, total = result["rows"], result["trainable_params"]
+    assert rows["reference"]["random_numbers_per_step"] == 4 * total
+    assert rows["mezo"]["random_numbers_per_step"] == 3 * total  # three regenerations of z per step
+    assert rows["pezo"]["random_numbers_per_step"] < total / 10
+    assert rows["mezo"]["forward_passes_per_step"] == 2 and rows["dizo"]["forward_passes_per_step"] == pytest.approx(2 + 4 / 5)
+    assert rows["dizo"]["search_cycle_forward_passes"] == 4
+    assert all(row["memory_ratio_to_inference"] > 0 for name, row in rows.items() if name != "forward x2")
+    assert "| dizo |" in cost_table(result)
+
+
+def test_cost_report_takes_the_newest_memory_line(tmp_path):
+    exp_file = tmp_path / "c.toml"
+    exp_file.write_text('kind = "cost"\nmethods = ["mezo"]\n')
+    exp = load_experiment(exp_file)
+    rows = {"forward x2": {"seconds_per_step": 2.0, "forward_passes_per_step": 2, "random_numbers_per_step": 0, "ratio_to_two_forwards": 1.0},
+            "reference": {"seconds_per_step": 3.0, "forward_passes_per_step": 2, "random_numbers_per_step": 40,
+                          "ratio_to_two_forwards": 1.5, "memory_ratio_to_inference": 1.4},
+            "mezo": {"seconds_per_step": 2.2, "forward_passes_per_step": 2, "random_numbers_per_step": 30,
+                     "ratio_to_two_forwards": 1.1, "memory_ratio_to_inference": 1.2}}
+    timed = {"kind": "cost", "config": {**vars(exp.config)}, "rows": rows, "trainable_params": 10, "threads": 2,
+             "peak_rss_mb": {"infer": 100.0, "reference": 140.0, "mezo": 120.0}, "wall_seconds": 9.0}
+    append_result(exp.results, timed)
+    md = write_report(exp)[0].read_text()
+    assert "| mezo | 2.200 | 1.100 | 2 | 30 | 1.200 |" in md and "| reference | 3.000 | 1.500 | 2 | 40 | 1.400 |" in md
+    append_result(exp.results, {"kind": "cost-memory", "peak_rss_mb": {"infer": 100.0, "reference": 130.0, "mezo": 103.0},
+                                "memory_ratio_to_inference": {"reference": 1.3, "mezo": 1.03}, "wall_seconds": 5.0})
+    md = write_report(exp)[0].read_text()
+    assert "| mezo | 2.200 | 1.100 | 2 | 30 | 1.030 |" in md and "separate run: 5 s" in md
+    faster = {**timed, "rows": {**rows, "mezo": {**rows["mezo"], "seconds_per_step": 2.1, "ratio_to_two_forwards": 1.05}}}
+    del faster["peak_rss_mb"]  # a --no-memory run: its timing, the newest memory line's ratios
+    append_result(exp.results, faster)
+    assert "| mezo | 2.100 | 1.050 | 2 | 30 | 1.030 |" in write_report(exp)[0].read_text()
+    append_result(exp.results, timed)  # a newer timed run carries its own memory again
+    assert "| mezo | 2.200 | 1.100 | 2 | 30 | 1.200 |" in write_report(exp)[0].read_text()
+
+
+def test_claims_keep_two_workers_off_the_same_run(tmp_path):
+    from zotune.bench.convergence import _claim
+
+    key = RunKey("mezo", 0.1, 0)
+    first = _claim(tmp_path / "claims", key)
+    assert first is not None and first.read_text() == str(__import__("os").getpid())
+    assert _claim(tmp_path / "claims", key) is None  # held by a live process (this one)
+    first.write_text("999999999")  # a worker that no longer exists
+    assert _claim(tmp_path / "claims", key) == first  # the stale claim is taken over
