@@ -42,6 +42,22 @@ def test_fast_single_token_path_equals_full_logits(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_truncated_prompts_keep_the_fast_path_and_its_scores(arch):
+    """Cut from the left, prompt + candidate lose one more token than the prompt alone; the fast path
+    must condition on the same context as the slow path, and must still be taken."""
+    model, tok = tiny_model(arch), tiny_tokenizer()
+    exs = examples("sst2", 4)
+    width = min(len(Scorer(model, tok).encode(e.prompt, "")[0]) for e in exs)
+    scorer = Scorer(model, tok, max_length=width - 2)  # every prompt is cut
+    assert all(scorer.single_token_candidates(e) is not None for e in exs)
+    with torch.no_grad():
+        fast = scorer.candidate_scores(exs)
+        slow = scorer.candidate_scores(exs, fast=False)
+    for f, r in zip(fast, slow):
+        torch.testing.assert_close(normalised(f), normalised(r), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("task", ["copa", "record", "piqa"])
 def test_multi_token_path_equals_full_logits(arch, task):
     model, tok = tiny_model(arch), tiny_tokenizer()

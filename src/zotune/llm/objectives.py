@@ -152,18 +152,32 @@ class Scorer:
         self._cache[key] = (full, start)
         return full, start
 
-    def single_token_candidates(self, example: Example) -> list[int] | None:
-        """Candidate token ids when every candidate is one token appended to an unchanged prompt."""
+    def single_token_split(self, example: Example) -> tuple[list[int], list[int]] | None:
+        """``(context, candidate ids)`` when every candidate is one token scored after the same context.
+
+        The context is what the slow path conditions each candidate on: the prompt's tokens as encoded
+        with the candidate, cut from the left with it when the pair exceeds ``max_length``. (Comparing
+        with the prompt encoded alone would miss the cut, which drops one more token once a candidate is
+        appended, and send every truncated prompt down the slow path.)
+        """
         if not example.candidates:
             return None
-        prompt_ids = self.encode(example.prompt, "")[0]
+        context: list[int] | None = None
         ids = []
         for cand in example.candidates:
             full, start = self.encode(example.prompt, cand)
-            if start != len(prompt_ids) or len(full) != start + 1 or full[:start] != prompt_ids:
+            if len(full) != start + 1 or (context is not None and full[:start] != context):
                 return None
+            context = full[:start]
             ids.append(full[start])
-        return ids if len(set(ids)) == len(ids) else None
+        if context is None or len(set(ids)) != len(ids):
+            return None
+        return context, ids
+
+    def single_token_candidates(self, example: Example) -> list[int] | None:
+        """Candidate token ids when every candidate is one token appended to a shared context."""
+        split = self.single_token_split(example)
+        return None if split is None else split[1]
 
     def _pad(self, seqs: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in seqs)
@@ -188,11 +202,12 @@ class Scorer:
         """Per example, a float32 vector of candidate scores (mean log-prob of the candidate's tokens;
         in the fast path, up to a per-example constant that cancels in softmax and argmax)."""
         head = _Head.of(self.model)
-        singles = [self.single_token_candidates(ex) for ex in examples] if fast else [None] * len(examples)
+        splits = [self.single_token_split(ex) for ex in examples] if fast else [None] * len(examples)
+        singles = [None if split is None else split[1] for split in splits]
         out: list[torch.Tensor | None] = [None] * len(examples)
         fast_idx = [i for i, s in enumerate(singles) if s is not None]
         if fast_idx:
-            seqs = [self.encode(examples[i].prompt, "")[0] for i in fast_idx]
+            seqs = [splits[i][0] for i in fast_idx]  # type: ignore[index]
             hidden = self.hidden_states(seqs)
             last = torch.tensor([len(s) - 1 for s in seqs], device=hidden.device)
             h = hidden[torch.arange(len(seqs), device=hidden.device), last]  # (B, H)
