@@ -205,6 +205,8 @@ def test_cost_runner_counts_passes_and_random_numbers(tiny_dir):
     assert rows["dizo"]["search_cycle_forward_passes"] == 4
     assert all(row["memory_ratio_to_inference"] > 0 for name, row in rows.items() if name != "forward x2")
     assert "| dizo |" in cost_table(result)
+    with pytest.raises(ValueError, match="pool_sise are not options"):
+        run_cost(CostConfig(model=str(tiny_dir), methods=["mezo"], method_options={"pool_sise": 64}), echo=lambda _: None)
 
 
 def test_cost_report_takes_the_newest_memory_line(tmp_path):

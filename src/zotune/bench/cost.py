@@ -104,6 +104,7 @@ def _prepare(cfg: CostConfig) -> tuple[torch.nn.Module, list[tuple[str, torch.Te
 def _build(cfg: CostConfig, method: str, params: list[tuple[str, torch.Tensor]]) -> Any:
     import zotune
 
+    # one options table serves every method of the experiment: each gets the options its components take
     options = {k: v for k, v in cfg.method_options.items() if k != "search_closure"}
     known = _method_option_names(method)
     return zotune.build_optimizer(method, params, lr=cfg.lr, eps=cfg.eps, **{k: v for k, v in options.items() if k in known})
@@ -244,6 +245,10 @@ def run_cost_memory(cfg: CostConfig, echo: Callable[[str], None] | None = None) 
 def run_cost(cfg: CostConfig, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The whole experiment: timings in this process, then one fresh process per memory mode."""
     echo = echo or (lambda message: print(message, file=sys.stderr))
+    usable = set().union(*(_method_option_names(m) for m in cfg.methods))
+    unused = sorted(set(cfg.method_options) - usable)
+    if unused:  # a typo would otherwise be dropped silently by _build
+        raise ValueError(f"method_options {', '.join(unused)} are not options of any of {', '.join(cfg.methods)}")
     start = time.perf_counter()
     model, params, closure = _prepare(cfg)
     echo(f"{cfg.model} / {cfg.peft}: {numel(params):,} trainable parameters; timing {cfg.rounds} rounds")
