@@ -194,17 +194,22 @@ def test_run_study_end_to_end_and_resume(tiny_dir, tmp_path):
 
 
 def test_cost_runner_counts_passes_and_random_numbers(tiny_dir):
-    cfg = CostConfig(model=str(tiny_dir), peft="full", methods=["mezo", "pezo", "dizo"], batch=2, length=8, rounds=1,
+    cfg = CostConfig(model=str(tiny_dir), peft="full", methods=["mezo", "pezo-block", "dizo"], batch=2, length=8, rounds=1,
                      method_options={"interval": 5, "search_iters": 2, "pool_size": 64})
     result = run_cost(cfg, echo=lambda _: None)
     rows, total = result["rows"], result["trainable_params"]
     assert rows["reference"]["random_numbers_per_step"] == 4 * total
     assert rows["mezo"]["random_numbers_per_step"] == 3 * total  # three regenerations of z per step
-    assert rows["pezo"]["random_numbers_per_step"] < total / 10
+    assert rows["pezo-block"]["random_numbers_per_step"] < total / 10
     assert rows["mezo"]["forward_passes_per_step"] == 2 and rows["dizo"]["forward_passes_per_step"] == pytest.approx(2 + 4 / 5)
-    assert rows["dizo"]["search_cycle_forward_passes"] == 4
+    assert rows["dizo"]["search_cycle_forward_passes"] == 4 and rows["dizo"]["interval"] == 5  # found as periodic work
+    # parameter-sized optimizer state as the optimizers declare it: only DiZO's anchor
+    assert rows["dizo"]["state_buffers"] == ["dizo"] and rows["dizo"]["state_mb"] >= 0
+    assert rows["mezo"]["state_buffers"] == [] and rows["mezo"]["state_mb"] == 0
+    assert rows["pezo-block"]["state_buffers"] == [] and rows["pezo-block"]["state_mb"] == 0
     assert all(row["memory_ratio_to_inference"] > 0 for name, row in rows.items() if name != "forward x2")
     assert "| dizo |" in cost_table(result)
+    assert f"| {rows['dizo']['state_mb']:,.1f} (dizo) |" in cost_table(result)  # the optimizer-state column
     with pytest.raises(ValueError, match="pool_sise are not options"):
         run_cost(CostConfig(model=str(tiny_dir), methods=["mezo"], method_options={"pool_sise": 64}), echo=lambda _: None)
 
@@ -217,22 +222,23 @@ def test_cost_report_takes_the_newest_memory_line(tmp_path):
             "reference": {"seconds_per_step": 3.0, "forward_passes_per_step": 2, "random_numbers_per_step": 40,
                           "ratio_to_two_forwards": 1.5, "memory_ratio_to_inference": 1.4},
             "mezo": {"seconds_per_step": 2.2, "forward_passes_per_step": 2, "random_numbers_per_step": 30,
-                     "ratio_to_two_forwards": 1.1, "memory_ratio_to_inference": 1.2}}
+                     "ratio_to_two_forwards": 1.1, "memory_ratio_to_inference": 1.2, "state_mb": 0.0, "state_buffers": []}}
     timed = {"kind": "cost", "config": {**vars(exp.config)}, "rows": rows, "trainable_params": 10, "threads": 2,
              "peak_rss_mb": {"infer": 100.0, "reference": 140.0, "mezo": 120.0}, "wall_seconds": 9.0}
     append_result(exp.results, timed)
     md = write_report(exp)[0].read_text()
-    assert "| mezo | 2.200 | 1.100 | 2 | 30 | 1.200 |" in md and "| reference | 3.000 | 1.500 | 2 | 40 | 1.400 |" in md
+    # the optimizer-state column: a row that has it (mezo: none), and one without it (as older results) shows –
+    assert "| mezo | 2.200 | 1.100 | 2 | 30 | 0.0 | 1.200 |" in md and "| reference | 3.000 | 1.500 | 2 | 40 | – | 1.400 |" in md
     append_result(exp.results, {"kind": "cost-memory", "peak_rss_mb": {"infer": 100.0, "reference": 130.0, "mezo": 103.0},
                                 "memory_ratio_to_inference": {"reference": 1.3, "mezo": 1.03}, "wall_seconds": 5.0})
     md = write_report(exp)[0].read_text()
-    assert "| mezo | 2.200 | 1.100 | 2 | 30 | 1.030 |" in md and "separate run: 5 s" in md
+    assert "| mezo | 2.200 | 1.100 | 2 | 30 | 0.0 | 1.030 |" in md and "separate run: 5 s" in md
     faster = {**timed, "rows": {**rows, "mezo": {**rows["mezo"], "seconds_per_step": 2.1, "ratio_to_two_forwards": 1.05}}}
     del faster["peak_rss_mb"]  # a --no-memory run: its timing, the newest memory line's ratios
     append_result(exp.results, faster)
-    assert "| mezo | 2.100 | 1.050 | 2 | 30 | 1.030 |" in write_report(exp)[0].read_text()
+    assert "| mezo | 2.100 | 1.050 | 2 | 30 | 0.0 | 1.030 |" in write_report(exp)[0].read_text()
     append_result(exp.results, timed)  # a newer timed run carries its own memory again
-    assert "| mezo | 2.200 | 1.100 | 2 | 30 | 1.200 |" in write_report(exp)[0].read_text()
+    assert "| mezo | 2.200 | 1.100 | 2 | 30 | 0.0 | 1.200 |" in write_report(exp)[0].read_text()
 
 
 def test_claims_keep_two_workers_off_the_same_run(tmp_path):

@@ -19,7 +19,6 @@ from zotune.algorithms.dizo import (
     displacement_norm,
     dizo_transform,
     interpolate_,
-    search_batch_indices,
 )
 from zotune.algorithms.layer_selection import find_attention_blocks, select_projection_targets
 
@@ -342,7 +341,9 @@ def test_search_uses_its_own_batches_and_rng() -> None:
     assert optimizer.forward_passes == 8 + 2 * 2 * 3  # 2 per step, 2 J per cycle
 
 
-def test_search_batch_indices_are_a_pure_function() -> None:
+def test_fresh_batch_indices_are_a_pure_function() -> None:
+    from zotune.train.loop import fresh_batch_indices as search_batch_indices
+
     a = search_batch_indices(100, 16, seed=1, step=50, iteration=3)
     assert a == search_batch_indices(100, 16, seed=1, step=50, iteration=3)
     assert len(set(a)) == 16 and all(0 <= i < 100 for i in a)

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.parametrize("case", CASES, ids=str)
 
 
 def test_converges_on_quadratic(case: MethodCase) -> None:
+    case.check_limits("test_converges_on_quadratic")
     problem = Quadratic()
     optimizer = case.build([problem.w], seed=3, **case.quadratic)
     start = problem.loss().item()
@@ -23,6 +24,7 @@ def test_converges_on_quadratic(case: MethodCase) -> None:
 
 
 def test_converges_on_mlp_regression(case: MethodCase) -> None:
+    case.check_limits("test_converges_on_mlp_regression")
     problem = MLPRegression()
     optimizer = case.build(problem.model.named_parameters(), seed=5, **case.mlp)
     start = problem.loss().item()
@@ -39,6 +41,7 @@ def test_mean_estimate_matches_true_gradient(case: MethodCase) -> None:
     be within 5 standard errors in every coordinate (a fixed-seed test: deterministic, and the bound
     is far from the estimate's own noise floor).
     """
+    case.check_limits("test_mean_estimate_matches_true_gradient")
     problem = Quadratic(dim=8, dtype=torch.float64)
     with torch.no_grad():
         problem.w.copy_(torch.linspace(-1.0, 1.0, 8, dtype=torch.float64))
@@ -65,6 +68,7 @@ def test_mean_estimate_matches_true_gradient(case: MethodCase) -> None:
 
 
 def test_global_rng_untouched(case: MethodCase) -> None:
+    case.check_limits("test_global_rng_untouched")
     problem = Quadratic()
     optimizer = case.build([problem.w], **case.quadratic)
     torch.manual_seed(2024)
@@ -75,6 +79,7 @@ def test_global_rng_untouched(case: MethodCase) -> None:
 
 
 def test_directions_do_not_depend_on_parameter_order(case: MethodCase) -> None:
+    case.check_limits("test_directions_do_not_depend_on_parameter_order")
     torch.manual_seed(0)
     a = torch.nn.Parameter(torch.randn(5, 3))
     b = torch.nn.Parameter(torch.randn(7))
@@ -94,6 +99,7 @@ def test_directions_do_not_depend_on_parameter_order(case: MethodCase) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 def test_dtype_preserved(case: MethodCase, dtype: torch.dtype) -> None:
+    case.check_limits("test_dtype_preserved")
     problem = Quadratic(dtype=dtype)
     optimizer = case.build([problem.w], **dict(case.quadratic, eps=1e-2))
     for _ in range(5):
@@ -104,6 +110,7 @@ def test_dtype_preserved(case: MethodCase, dtype: torch.dtype) -> None:
 
 
 def test_state_dict_round_trip_continues_identically(case: MethodCase) -> None:
+    case.check_limits("test_state_dict_round_trip_continues_identically")
     steps = 7
     problem = MLPRegression()
     reference = case.build(problem.model.named_parameters(), seed=21, **case.mlp)
@@ -129,6 +136,7 @@ def test_state_dict_round_trip_continues_identically(case: MethodCase) -> None:
 
 
 def test_bad_arguments_raise(case: MethodCase) -> None:
+    case.check_limits("test_bad_arguments_raise")
     w = torch.nn.Parameter(torch.zeros(3))
     options = dict(case.quadratic)
     with pytest.raises(ValueError, match="lr must be"):
@@ -145,6 +153,7 @@ def test_bad_arguments_raise(case: MethodCase) -> None:
 
 
 def test_forward_passes_counted(case: MethodCase) -> None:
+    case.check_limits("test_forward_passes_counted")
     problem = Quadratic()
     optimizer = case.build([problem.w], **case.quadratic)
     calls = 0
@@ -160,6 +169,7 @@ def test_forward_passes_counted(case: MethodCase) -> None:
 
 
 def test_nonfinite_loss_skips_update(case: MethodCase) -> None:
+    case.check_limits("test_nonfinite_loss_skips_update")
     problem = Quadratic()
     optimizer = case.build([problem.w], **case.quadratic)
     optimizer.step(problem.loss)

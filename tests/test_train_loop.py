@@ -149,17 +149,64 @@ def test_batch_sampler_is_seeded_and_covers_each_epoch():
     assert len(set(first[0] + first[1])) == 8
 
 
-def test_combined_method_with_options_and_dizo_search_batches(tiny_dir, tmp_path):
-    """`kerzoo+pezo+dizo` through the runner: component options from the config reach their component,
-    DiZO's search gets its own batches (2 forwards per step plus 2J per cycle) and draws are logged."""
+def test_combined_method_with_options_and_dizo_search_batches(tiny_dir, tmp_path, monkeypatch):
+    """`kerzoo-unbiased+pezo-block+dizo` through the runner: component options from the config (nested and
+    flat) reach their component, DiZO's search gets fresh batches through the runner's generic
+    ``fresh_closure`` (2 forwards per step plus 2J per cycle, each pair on the batch of its iteration) and
+    draws are logged."""
+    import zotune
+    import zotune.train.loop as loop_module
+
+    built, splits, fresh_calls, loss_batches = [], [], [], []
+    real_build, real_prepare = zotune.build_optimizer, loop_module.prepare_data
+    real_fresh, real_loss = loop_module.fresh_batch_indices, Scorer.loss
+
+    def build(method, params, **options):
+        built.append((options, real_build(method, params, **options)))
+        return built[-1][1]
+
+    def prepare(*args, **kwargs):
+        splits.append(real_prepare(*args, **kwargs))
+        return splits[-1]
+
+    def fresh(num_examples, batch_size, *, seed, step, iteration):
+        indices = real_fresh(num_examples, batch_size, seed=seed, step=step, iteration=iteration)
+        fresh_calls.append((step, iteration, indices))
+        return indices
+
+    def loss(self, batch, objective, max_new_tokens=50):
+        loss_batches.append([id(example) for example in batch])
+        return real_loss(self, batch, objective, max_new_tokens)
+
+    monkeypatch.setattr(zotune, "build_optimizer", build)
+    monkeypatch.setattr(loop_module, "prepare_data", prepare)
+    monkeypatch.setattr(loop_module, "fresh_batch_indices", fresh)
+    monkeypatch.setattr(Scorer, "loss", loss)
     cfg = config(
-        tiny_dir, tmp_path / "combo", method="kerzoo+pezo+dizo", peft="lora", steps=4, eval_every=0,
-        method_options={"kernel_order": 5, "pool_size": 1024, "interval": 2, "search_iters": 3, "projected": "auto"},
+        tiny_dir, tmp_path / "combo", method="kerzoo-unbiased+pezo-block+dizo", peft="lora", steps=4, eval_every=0,
+        method_options={"kerzoo_unbiased": {"kernel_order": 5}, "pool_size": 1024, "interval": 2, "search_iters": 3,
+                        "projected": "auto"},
     )
     summary = train(cfg)
     assert summary["forward_passes"] == 4 * 2 + 2 * (2 * 3)  # two DiZO cycles of 3 probe pairs
+    # the options reached their components; the loop handed every component the same generic inputs
+    (options, opt), = built
+    assert opt.estimator.kernel_order == 5 and opt.sampler.pool_size == 1024
+    projection, = [t for t in opt.transforms if t.name == "dizo"]
+    assert (projection.interval, projection.search_iters) == (2, 3)
+    assert "search_closure" not in options and callable(options["fresh_closure"]) and options["total_steps"] == 4
+    # DiZO's search asked the runner for a fresh batch per iteration of the cycles after updates 2 and 4 ...
+    assert [(step, j) for step, j, _ in fresh_calls] == [(2, 0), (2, 1), (2, 2), (4, 0), (4, 1), (4, 2)]
+    # ... and ran each probe pair on that batch: steps 1-2 (4 forwards), cycle 1 (6), steps 3-4 (4), cycle 2 (6)
+    train_split = splits[0].train
+    fresh_batches = [[id(train_split[i]) for i in indices] for _, _, indices in fresh_calls]
+    assert len(loss_batches) == 20
+    assert loss_batches[4:10] == [b for b in fresh_batches[:3] for _ in range(2)]
+    assert loss_batches[14:20] == [b for b in fresh_batches[3:] for _ in range(2)]
+    # not the batch of the step that ended the cycle, which the search would reuse without fresh_closure
+    assert any(b != loss_batches[3] for b in fresh_batches[:3]) and any(b != loss_batches[13] for b in fresh_batches[3:])
     records = [json.loads(l) for l in (tmp_path / "combo" / "metrics.jsonl").read_text().splitlines()]
     draws = [r["random_numbers"] for r in records if "loss" in r]
     assert len(draws) == 4 and all(0 < d < 3 * 1024 + 1000 for d in draws)  # a pool, not one number per weight
     with pytest.raises(ValueError, match="unknown option"):
-        train(config(tiny_dir, tmp_path / "bad", method="kerzoo", method_options={"pool_size": 8}))
+        train(config(tiny_dir, tmp_path / "bad", method="kerzoo-unbiased", method_options={"pool_size": 8}))

@@ -29,7 +29,8 @@ def single_run(args: argparse.Namespace) -> dict:
     import torch
 
     import zotune
-    from zotune.algorithms.dizo import dizo_transform, search_batch_indices
+    from zotune.algorithms.dizo import dizo_transform
+    from zotune.train.loop import fresh_batch_indices as search_batch_indices
     from zotune.llm.evaluate import evaluate
     from zotune.llm.models import load_model
     from zotune.llm.objectives import Scorer

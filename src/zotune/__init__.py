@@ -25,14 +25,23 @@ from zotune.core.replay import replay
 from zotune.methods import Component, available_methods, build_optimizer, compose, mezo, register_component
 from zotune.algorithms.dizo import DiZOProjection, dizo
 from zotune.algorithms.layer_selection import select_projection_targets
-from zotune.algorithms.pezo import PeZOSampler, pezo
-from zotune.algorithms.kerzoo import KerZOOEstimator, kerzoo  # registers the "kerzoo" estimator
+from zotune.algorithms.pezo import PeZORNGSampler, pezo
+from zotune.algorithms.pezo_block import PeZOBlockSampler, pezo_block
+from zotune.algorithms.kerzoo import KerZOOEstimator, kerzoo
+from zotune.algorithms.kerzoo_unbiased import KerZOOUnbiasedEstimator, kerzoo_unbiased
+from zotune.algorithms.moments import Adam, Momentum, mezo_momentum, zo_adam
 
 __version__ = "0.1.0"
 
 __all__ = [
     "KerZOOEstimator",
     "kerzoo",
+    "KerZOOUnbiasedEstimator",
+    "kerzoo_unbiased",
+    "Adam",
+    "Momentum",
+    "mezo_momentum",
+    "zo_adam",
     "DiZOProjection",
     "dizo",
     "select_projection_targets",
@@ -57,6 +66,8 @@ __all__ = [
     "compose",
     "register_sampler",
     "replay",
-    "PeZOSampler",
+    "PeZORNGSampler",
     "pezo",
+    "PeZOBlockSampler",
+    "pezo_block",
 ]

@@ -1,29 +1,65 @@
 """Named methods as compositions of the core parts, and the registry the CLI resolves names in.
 
-A method is MeZO with some of its parts replaced or extended by *components*:
+A method is MeZO with some of its parts replaced or extended by *components*. A component may give
 
-* an **estimator** component replaces the two-point estimator (KerZOO's kernel-weighted estimator);
-* a **sampler** component replaces the Gaussian directions (PeZO's random-number reuse);
-* a **transform** component appends to the update transforms (DiZO's projection).
+* an **estimator** (KerZOO's kernel-weighted estimator with per-tensor radii),
+* a **sampler** (PeZO's hardware-style random numbers),
+* **transforms** for the update chain (KerZOO's clip and two-sequence averaging, momentum, Adam, DiZO's
+  projection), each placed by its ``stage``: gradient-stage ones before the learning rate, update-stage
+  ones after the learning rate and weight decay.
 
-So ``build_optimizer("kerzoo+pezo+dizo", params, lr=..., eps=...)`` gives KerZOO's estimator fed by PeZO's
-sampler with DiZO's projection after each update, a combination none of the papers offers. Each method
-module registers its component with :func:`register_component` and exposes a short alias function
-(``kerzoo(...)``, ``pezo(...)``, ...) that calls :func:`compose`.
+So ``build_optimizer("kerzoo+pezo+dizo", params, lr=...)`` gives KerZOO's estimator and averaging fed by
+PeZO's generators with DiZO's projection after each update, a combination none of the papers offers.
+
+**Options per component.** Each component has its own options. Pass them nested under the component's
+name (``kerzoo={"clip_norm": 1e5}``, or ``**{"kerzoo-unbiased": {...}}`` for a name with a hyphen; an
+underscore also works), or flat when exactly one component of the method takes that name
+(``clip_norm=1e5``); a flat name two components take is refused as ambiguous.
+
+**Inputs from the runner.** A component may use two things only the training loop knows, handed to every
+component alike (the loop never asks which method it runs):
+
+* ``total_steps``: the run's length (KerZOO's shrinking interval ends there);
+* ``fresh_closure(step, index) -> closure``: a loss on a fresh batch of training data, distinct from the
+  step's batch (DiZO's projection search draws one per search iteration).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from zotune.core.estimators import Estimator, TwoPointEstimator
 from zotune.core.optimizer import ZOOptimizer
 from zotune.core.samplers import Sampler
-from zotune.core.transforms import DecoupledWeightDecay, LearningRate, Transform, matrices_only
+from zotune.core.transforms import STAGES, DecoupledWeightDecay, LearningRate, Transform, matrices_only
 
-ROLES = ("estimator", "sampler", "transform")
+FreshClosure = Callable[[int, int], Callable[[], Any]]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every component's ``build`` receives besides its own options.
+
+    ``n_queries`` is None when the user left it to the method (the estimator's default applies); parts
+    built after the estimator see the resolved number.
+    """
+
+    eps: float = 1e-3
+    n_queries: int | None = None
+    difference: str = "central"
+    total_steps: int | None = None
+    fresh_closure: FreshClosure | None = None
+
+
+@dataclass
+class Parts:
+    """What a component contributes (any of the three)."""
+
+    estimator: Estimator | None = None
+    sampler: Sampler | None = None
+    transforms: Sequence[Transform] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
@@ -32,16 +68,17 @@ class Component:
 
     Attributes:
         name: the method name used in ``build_optimizer`` ("kerzoo", "pezo", "dizo", ...).
-        role: "estimator", "sampler" or "transform".
-        build: for an estimator, ``build(eps=, n_queries=, difference=, **options) -> Estimator``; for a
-            sampler, ``build(**options) -> Sampler``; for a transform, ``build(**options) -> Transform``.
-        options: the option names ``build`` accepts (besides the estimator's eps/n_queries/difference).
+        build: ``build(setup: Setup, **options) -> Parts``.
+        options: the option names ``build`` accepts.
+        replaces: which of "estimator" and "sampler" it provides (two components may not replace the same one).
+        summary: one line for ``--help`` and the README's method table.
     """
 
     name: str
-    role: str
-    build: Callable[..., Any]
+    build: Callable[..., Parts]
     options: frozenset[str]
+    replaces: frozenset[str] = frozenset()
+    summary: str = ""
 
 
 _COMPONENTS: dict[str, Component] = {}
@@ -50,8 +87,9 @@ BASE_METHOD = "mezo"
 
 def register_component(component: Component) -> None:
     """Make ``component.name`` usable in ``build_optimizer`` (alone or joined with '+')."""
-    if component.role not in ROLES:
-        raise ValueError(f"component role must be one of {ROLES}, got {component.role!r}")
+    unknown = set(component.replaces) - {"estimator", "sampler"}
+    if unknown:
+        raise ValueError(f"a component can replace the estimator or the sampler, not {sorted(unknown)}")
     if component.name in _COMPONENTS or component.name == BASE_METHOD or "+" in component.name:
         raise ValueError(f"cannot register a method named {component.name!r}")
     _COMPONENTS[component.name] = component
@@ -61,7 +99,15 @@ def available_methods() -> list[str]:
     return [BASE_METHOD, *sorted(_COMPONENTS)]
 
 
-def _parse(method: str) -> list[Component]:
+def component(name: str) -> Component:
+    """The registered component of a method name."""
+    if name not in _COMPONENTS:
+        raise ValueError(f"unknown method {name!r}; available methods: {', '.join(available_methods())}")
+    return _COMPONENTS[name]
+
+
+def parse_method(method: str) -> list[Component]:
+    """The components of a method name such as ``"kerzoo+pezo"`` (``mezo`` alone has none)."""
     names = [part.strip() for part in method.split("+") if part.strip()]
     if not names:
         raise ValueError(f"empty method name; available methods: {', '.join(available_methods())}")
@@ -72,11 +118,43 @@ def _parse(method: str) -> list[Component]:
             "(join several with '+', e.g. 'kerzoo+pezo')"
         )
     components = [_COMPONENTS[n] for n in names if n != BASE_METHOD]
+    if len({c.name for c in components}) != len(components):
+        raise ValueError(f"method {method!r} names a component twice")
     for role in ("estimator", "sampler"):
-        taken = [c.name for c in components if c.role == role]
+        taken = [c.name for c in components if role in c.replaces]
         if len(taken) > 1:
             raise ValueError(f"methods {taken} both replace the {role}; combine at most one of them")
     return components
+
+
+def split_options(components: Sequence[Component], options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each component's own options, from nested (``kerzoo={...}``) and flat (``clip_norm=...``) ones."""
+    by_key = {c.name: c for c in components} | {c.name.replace("-", "_"): c for c in components}
+    own: dict[str, dict[str, Any]] = {c.name: {} for c in components}
+    method = "+".join([BASE_METHOD, *(c.name for c in components)])
+    for key, value in options.items():
+        if key in by_key:
+            target = by_key[key]
+            if not isinstance(value, dict):
+                raise ValueError(f"options of {target.name!r} must be a mapping of option = value, got {value!r}")
+            unknown = sorted(set(value) - target.options)
+            if unknown:
+                raise ValueError(
+                    f"unknown option(s) {unknown} for {target.name!r}; its options are {sorted(target.options)}"
+                )
+            own[target.name].update(value)
+            continue
+        owners = [c for c in components if key in c.options]
+        if not owners:
+            accepted = sorted({o for c in components for o in c.options})
+            raise ValueError(f"unknown option(s) [{key!r}] for method {method!r}; its own options are {accepted}")
+        if len(owners) > 1:
+            names = [c.name for c in owners]
+            raise ValueError(
+                f"option {key!r} is taken by {names}: pass it nested, e.g. {owners[0].name.replace('-', '_')}={{{key!r}: ...}}"
+            )
+        own[owners[0].name][key] = value
+    return own
 
 
 def compose(
@@ -87,41 +165,54 @@ def compose(
     eps: float = 1e-3,
     weight_decay: float = 0.0,
     seed: int = 0,
-    n_queries: int = 1,
+    n_queries: int | None = None,
     difference: str = "central",
     sampler: str | Sampler = "gaussian",
     decay_mask: Callable[..., bool] = matrices_only,
     extra_transforms: Iterable[Transform] = (),
     record_trajectory: bool = False,
+    total_steps: int | None = None,
+    fresh_closure: FreshClosure | None = None,
     **options: Any,
 ) -> ZOOptimizer:
-    """MeZO's parts with ``components`` swapped in; ``options`` go to the component that accepts them."""
-    accepted = {name: c for c in components for name in c.options}
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        names = "+".join([BASE_METHOD, *(c.name for c in components)])
-        raise ValueError(f"unknown option(s) {unknown} for method {names!r}; its own options are {sorted(accepted)}")
-
-    def own(component: Component) -> dict[str, Any]:
-        return {k: v for k, v in options.items() if accepted[k] is component}
-
-    estimator: Estimator = TwoPointEstimator(eps=eps, n_queries=n_queries, difference=difference)
-    transforms: list[Transform] = [LearningRate(), DecoupledWeightDecay(decay_mask)]
-    for component in components:
-        if component.role == "estimator":
-            estimator = component.build(eps=eps, n_queries=n_queries, difference=difference, **own(component))
-        elif component.role == "sampler":
+    """MeZO's parts with ``components`` swapped in; ``options`` go to the components (see the module
+    docstring). ``n_queries=None`` takes the estimator's default (1, the authors' KerZOO 3)."""
+    own = split_options(components, options)
+    setup = Setup(eps=eps, n_queries=n_queries, difference=difference, total_steps=total_steps, fresh_closure=fresh_closure)
+    built: list[Parts] = []
+    estimator: Estimator | None = None
+    for c in components:  # the estimator first: the other parts see its number of queries
+        if "estimator" in c.replaces:
+            parts = c.build(setup, **own[c.name])
+            if parts.estimator is None:
+                raise ValueError(f"method {c.name!r} says it replaces the estimator but built none")
+            estimator = parts.estimator
+            built.append(parts)
+    if estimator is None:
+        estimator = TwoPointEstimator(eps=eps, n_queries=1 if n_queries is None else n_queries, difference=difference)
+    setup = Setup(eps, estimator.n_queries, difference, total_steps, fresh_closure)
+    built += [c.build(setup, **own[c.name]) for c in components if "estimator" not in c.replaces]
+    for parts in built:
+        if parts.sampler is not None:
             if sampler != "gaussian":
-                raise ValueError(f"method {component.name!r} provides the sampler; do not also pass sampler=")
-            sampler = component.build(**own(component))
-        else:
-            transforms.append(component.build(**own(component)))
+                raise ValueError("this method provides the sampler; do not also pass sampler=")
+            sampler = parts.sampler
+    contributed = [t for parts in built for t in parts.transforms] + list(extra_transforms)
+    for transform in contributed:
+        if transform.stage not in STAGES:
+            raise ValueError(f"transform {transform!r} has stage {transform.stage!r}; expected one of {STAGES}")
+    transforms: list[Transform] = [
+        *(t for t in contributed if t.stage == "gradient"),
+        LearningRate(),
+        DecoupledWeightDecay(decay_mask),
+        *(t for t in contributed if t.stage == "update"),
+    ]
     return ZOOptimizer(
         params,
         lr=lr,
         estimator=estimator,
         sampler=sampler,
-        transforms=[*transforms, *extra_transforms],
+        transforms=transforms,
         weight_decay=weight_decay,
         seed=seed,
         record_trajectory=record_trajectory,
@@ -134,7 +225,7 @@ def mezo(
     eps: float = 1e-3,
     weight_decay: float = 0.0,
     seed: int = 0,
-    n_queries: int = 1,
+    n_queries: int | None = None,
     **options: Any,
 ) -> ZOOptimizer:
     """MeZO (Malladi et al., 2023): in-place ZO-SGD with the two-point SPSA estimator.
@@ -154,4 +245,4 @@ def mezo(
 
 def build_optimizer(method: str, params: Iterable[Any], **options: Any) -> ZOOptimizer:
     """The optimizer of a method name, e.g. ``build_optimizer("kerzoo+pezo", model.parameters(), lr=1e-6)``."""
-    return compose(params, _parse(method), **options)
+    return compose(params, parse_method(method), **options)

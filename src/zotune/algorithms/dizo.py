@@ -33,10 +33,13 @@ Differences from the official code, each on purpose:
 * **Its own randomness**: zeta comes from counter-based keys ``mix(seed, STREAM_AUX, DIZO, step, j,
   parameter)``, not from the global RNG right after MeZO's seed. MeZO's directions are keyed by
   (seed, step, query, parameter) and never see DiZO, so switching DiZO on changes no z.
-* **Its own batches**: pass ``search_closure(step, j) -> closure`` to give iteration j of the cycle after
-  update ``step`` a batch of its own (the official code draws a fresh batch of 16 from a second iterator;
-  :func:`search_batch_indices` draws such batches from DiZO's own stream). Without it the search reuses
-  the step's closure, i.e. the batch of the step that ended the cycle.
+* **Its own batches**: the official code draws a fresh batch of 16 from a second iterator for each search
+  iteration. Here the search asks for the runner's generic ``fresh_closure(step, j)`` (see
+  :mod:`zotune.methods`: any component may request it; ``zotune train`` provides one that draws batches
+  from a stream of their own, :func:`zotune.train.loop.fresh_batch_indices`), or an explicit ``search_closure(step, j)``.
+  Without either it reuses the step's closure, i.e. the batch of the step that ended the cycle.
+* **Not replayable**: the projection acts through forward passes a step record does not hold, so
+  :func:`zotune.core.replay.replay` refuses an optimizer with DiZO in it.
 * A probe pair with a non-finite loss is skipped (counted in ``skipped_iterations``) instead of
   poisoning gamma.
 
@@ -61,7 +64,7 @@ from zotune.algorithms.layer_selection import PRESETS, select_projection_targets
 from zotune.core.optimizer import scalar_loss
 from zotune.core.seeds import STREAM_AUX, mix, unit_uniform
 from zotune.core.transforms import Transform
-from zotune.methods import Component, compose, register_component
+from zotune.methods import Component, Parts, Setup, compose, register_component
 
 if TYPE_CHECKING:  # pragma: no cover
     from zotune.core.optimizer import ZOOptimizer
@@ -83,7 +86,6 @@ Projected = Union[str, Callable[[str, torch.Tensor], bool], Iterable[Any]]
 # Tag inside STREAM_AUX so DiZO's keys never coincide with another component's auxiliary draws.
 _DIZO_TAG = 0xD120
 _KEY_ZETA = 0
-_KEY_BATCH = 1
 _CHUNK = 1 << 22  # elements per chunk of float32/float64 work space when writing a probe
 
 
@@ -143,22 +145,10 @@ def displacement_norm(current: torch.Tensor, anchor: torch.Tensor) -> float:
     return math.sqrt(total)
 
 
-def search_batch_indices(num_examples: int, batch_size: int, *, seed: int, step: int, iteration: int) -> list[int]:
-    """A batch for iteration ``iteration`` of the DiZO cycle after update ``step``, from DiZO's own stream.
-
-    ``batch_size`` distinct indices of ``range(num_examples)``, drawn uniformly with a generator seeded by
-    ``mix(seed, STREAM_AUX, DIZO, BATCH, step, iteration)``: a pure function of its arguments, so it
-    neither advances nor depends on the training sampler, and a resumed run draws the same batches.
-    """
-    if num_examples < 1 or batch_size < 1:
-        raise ValueError(f"need num_examples >= 1 and batch_size >= 1, got {num_examples} and {batch_size}")
-    generator = torch.Generator().manual_seed(mix(seed, STREAM_AUX, _DIZO_TAG, _KEY_BATCH, step, iteration))
-    order = torch.randperm(num_examples, generator=generator)
-    return [int(i) for i in order[: min(batch_size, num_examples)]]
-
-
 class DiZOProjection(Transform):
     """DiZO's projection, with a **parameter-sized anchor** (a copy of theta0 for the tensors in S).
+
+    An update-stage transform (after the learning rate), not replayable (its search runs forward passes).
 
     Every ``interval`` updates, searches one length ratio rho_l = gamma_l / d_l in [1 - clip_range,
     1 + clip_range] per tensor with ``search_iters`` SPSA probe pairs and sets theta_l <- theta0_l +
@@ -216,12 +206,35 @@ class DiZOProjection(Transform):
         self.clip_range = float(clip_range)
         self.anchor_device = torch.device(anchor_device) if anchor_device is not None else None
         self.search_closure = search_closure
+        self.period = interval
         self.layers: list[_Layer] = []
         # counters (saved in state_dict)
         self.cycles = 0
         self.search_forward_passes = 0
         self.skipped_iterations = 0
         self.last_ratios: dict[str, float] = {}
+
+    name = "dizo"
+    stage = "update"
+    replayable = False
+
+    def config(self) -> dict[str, Any]:
+        projected = self.projected if isinstance(self.projected, str) else repr(type(self.projected).__name__)
+        return {
+            "projected": projected,
+            "interval": self.interval,
+            "search_iters": self.search_iters,
+            "eps_projection": self.eps_projection,
+            "lr_projection": self.lr_projection,
+            "clip_range": self.clip_range,
+        }
+
+    def periodic_work(self, optimizer: ZOOptimizer, closure: Closure) -> None:
+        """One search cycle (weights left as they were), for benchmarks."""
+        self.search(optimizer, closure)
+
+    def held_bytes(self) -> int:
+        return self.anchor_bytes
 
     # --- binding: choose S and keep theta0 ---------------------------------------------------------
 
@@ -422,7 +435,20 @@ def _finite(value: Any) -> bool:
 _OPTIONS = frozenset(
     {"projected", "interval", "search_iters", "eps_projection", "lr_projection", "clip_range", "anchor_device", "search_closure"}
 )
-DIZO = Component("dizo", "transform", DiZOProjection, _OPTIONS)
+
+
+def _build(setup: Setup, **options: Any) -> Parts:
+    if options.get("search_closure") is None and setup.fresh_closure is not None:
+        options["search_closure"] = setup.fresh_closure  # the runner's fresh batches, as the official code
+    return Parts(transforms=(DiZOProjection(**options),))
+
+
+DIZO = Component(
+    "dizo",
+    build=_build,
+    options=_OPTIONS,
+    summary="the authors' DiZO: every kappa steps, rescale each layer's distance from theta0 by a ZO-searched ratio",
+)
 register_component(DIZO)
 
 

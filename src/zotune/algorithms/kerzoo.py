@@ -1,270 +1,271 @@
-"""KerZOO (Mi et al., 2025, arXiv 2505.18886): the kernel-weighted two-point estimator.
+"""KerZOO as its authors run it (Mi et al., 2025, arXiv 2505.18886).
 
-MeZO's central difference along z has a bias that comes from the third-order Taylor term. With step
-h along u, ``L(theta + h u) - L(theta - h u) = 2h <grad L, u> + (h^3 / 3) D3L[u, u, u] + O(h^5)``, so
+Source: the authors' code, GitHub ``Rainbow0427/zo_acc`` at commit a0b9f8d (a fork of MeZO's
+``large_models``): ``trainer.py`` ``kernel_function`` (line ~686), ``zo_perturb_parameters`` (~1913),
+``zo_step`` (~2104), ``zo_update`` (~2169), ``beta_k`` (~1225). Read there and re-written here; the notes are
+in ``shared/papers/kerzoo.md``.
 
-    E[(L(theta + eps z) - L(theta - eps z)) / (2 eps) * z] = grad L + (eps^2 / 6) E[D3L[z, z, z] z] + O(eps^4).
+One step t (t from 0; eta the learning rate, eps the probe scale), for every trainable tensor l:
 
-KerZOO draws, per query q, one scalar r_q ~ U[-a, a] (shared by every tensor, by the + and - probes and
-by the update of that query), probes at radius eps * r_q and weights the difference with a kernel:
+1. **Three queries** q = 0, 1, 2 (six forward passes), each with its own z_{q,l} ~ N(0, I) and a scalar
+   drawn **per tensor**: k_{q,l} = a_t (2u - 1), u ~ U[0, 1), on the **shrinking interval**
+   a_t = max(a_0 - t / T, 1e-4). The authors hard-code T = 4000 (their run length) and a_0 = 1 (their
+   README recommends 1/2, which their commented-out code writes as max(1/2 - t/4000, 1e-4)).
+2. **Probes at the averaged point** y = c / beta_t + (1 - 1/beta_t) x (below), moved by eps k_{q,l} z_{q,l}:
+   p_q = (L(y + eps k_q z_q) - L(y - eps k_q z_q)) / (2 eps)        (divided by 2 eps, not 2 eps k).
+3. **Unnormalised kernel** K(k) = 15 k (5 - 7 k^2) (their ``kernel_function(k, 1)``), per tensor:
+   g_l = (1/3) sum_q p_q K(k_{q,l}) z_{q,l}.
+4. **Per-tensor L2 clip**: g_l <- min(1, C / ||g_l||) g_l with C = 4e5 ("may need change as model changes").
+5. **Two-sequence averaging** (the "accelerated" part) with beta_t = 1 + t / 6: besides the weights x the
+   method keeps a second sequence c (initialised to theta_0) and updates
+   c <- c - eta g,   x <- c / beta_t + (1 - 1/beta_t) x.
 
-    c_q = K_a(r_q) * (L(theta + eps r_q z_q) - L(theta - eps r_q z_q)) / (2 eps) / n_queries,
-    g_hat = sum_q c_q z_q,         K_a(r) = K(r / a) / a.
+What zotune changes, none of which changes the arithmetic beyond rounding:
 
-Note the division by 2 eps, not 2 eps r: the r-dependence is what the kernel moments act on. Taking the
-expectation over the independent r and z,
+* **The averaging stores d = x - c, not c.** Then y = x - d / beta_t, and the update is
+  w = d + eta g,  x <- x - w / beta_t,  d <- (1 - 1/beta_t) w: every pass is in place, and moving from y
+  back to x needs no division by 1 - 1/beta_t (the authors' restore, undefined at beta = 1). d is one
+  **parameter-sized buffer**: the method's real extra memory (``optimizer.state_bytes()`` reports it). The
+  authors' dense gradient buffer (another copy) is not needed: each tensor's g_l is summed in a scratch of
+  that tensor's size, clipped, and applied.
+* x is moved to y once per step, not once per query (the authors move there and back around each query).
+* z and k come from zotune's counter-based streams keyed by (seed, step, query, tensor), not from
+  ``torch.manual_seed(s - q)``, so they are regenerated exactly for replay and resume.
+* Weight decay is not in the authors' code and does not combine with the averaging here (refused).
 
-    E[g_hat] = E[r K_a] grad L + (eps^2 / 6) E[r^3 K_a] E[D3L[z,z,z] z] + (eps^4 / 120) E[r^5 K_a] E[...] + ...
-
-The kernels are Legendre-polynomial kernels on [-1, 1] (s = r / a ~ U[-1, 1]); their moments, exact:
-
-=====  ==========================================  =======  ========  ========  ==============  ======
-order  K(s)                                        E[sK]    E[s^3K]   E[s^5K]   E[(sK)^2]       max|K|
-=====  ==========================================  =======  ========  ========  ==============  ======
-1      3 s                                         1        3/5       3/7       9/5             3
-3      (15/4) s (5 - 7 s^2)      (default)         1        0         -5/21     25/4            7.5
-5      (105/64) s (99 s^4 - 126 s^2 + 35)          1        0         0         53/4            13.1
-=====  ==========================================  =======  ========  ========  ==============  ======
-
-So order 3 removes the eps^2 term (bias O(eps^4)), order 5 also the eps^4 term (bias O(eps^6)), and
-order 1 only shrinks the eps^2 term to 3/5 of MeZO's. Because K_a(r) = K(r/a)/a, E[r K_a] = 1 and
-E[r^3 K_a] = a^2 E[s^3 K] hold for any a. The price is variance: the random multiplier r K_a(r) has second
-moment E[(sK)^2] (6.25 for order 3), so a step at the same lr is noisier than MeZO's; tune lr separately.
-
-Which reading of the paper the defaults follow (its body and code were not available; see
-``shared/papers/kerzoo.md``):
-
-* r ~ U[-1, 1] (``r_max=1``) and the order-3 kernel (15/4) r (5 - 7 r^2), as in the one written-out
-  third-party formula card. The order-5 constant is the moment-correct Legendre 105/64, not the 195/64
-  that card prints (with 195/64, E[rK] = 13/7).
-* The normalisation constant C of that card (E[rK] = C) is fixed to 1: it only rescales the learning rate.
-* A shrinking interval r ~ U[-a_t, a_t] is optional (``r_max`` may be a schedule). With the rescaled
-  kernel it is *exactly* the a = 1 estimator with eps replaced by a_t * eps (substitute r = a_t s), i.e. an
-  eps schedule; without the rescale the moments break (E[rK] = 79/64, E[r^3 K] = 45/256 for order 3 on
-  [-1/2, 1/2]), so the kernel is always rescaled here.
-* The "clip constant" is unconfirmed; both plausible readings are available and off by default:
-  ``clip_kernel`` bounds |K(s)| (on the unit interval, before the 1/a rescale) and ``clip_coefficient``
-  bounds each query's |K_a(r) (L+ - L-) / (2 eps)|. Either clip re-introduces bias when it is active.
-* One direction per step (``n_queries=1``), two forward passes, as MeZO; each query draws its own r.
-
-Randomness: r_q = a (2 u - 1) with u = ``unit_uniform(query_scalar_key(seed, step, q))``, a counter-based
-draw on its own stream, so r is a pure function of (seed, step, query): it never touches a global RNG,
-is the same in the probes and the update, and replays and resumes exactly.
-
-``difference="forward"`` is also allowed (c_q = K_a(r_q) (L(theta + eps r_q z_q) - L(theta)) / eps / n).
-K is odd, so the even Taylor terms vanish in expectation and the bias is O(eps^4) as well, at a higher
-variance than the central form.
+Consequences (``shared/papers/kerzoo.md``): with K unnormalised, E[k K(k)] = 25 a^2 - 21 a^4 (4 at a = 1,
+about 7.4 near a = 0.77, -> 0 as a -> 0), so the shrinking interval is also an implicit warm-up-then-decay
+of the learning rate, and the eps^2 bias cancels exactly only at a = 1. Compare with MeZO at **equal
+forward passes** (six per step here). zotune's earlier moment-normalised reading stays as
+``kerzoo-unbiased`` (:mod:`zotune.algorithms.kerzoo_unbiased`).
 
 Example:
-    >>> import zotune
-    >>> opt = zotune.kerzoo(model.named_parameters(), lr=1e-6, eps=1e-3)          # order-3 kernel
+    >>> opt = zotune.kerzoo(model.named_parameters(), lr=1e-6, eps=1e-3, horizon=4000)
     >>> loss = opt.step(lambda: loss_fn(model(x), y))
-    >>> zotune.build_optimizer("kerzoo+pezo", model.parameters(), lr=1e-6)        # with PeZO's sampler
+    >>> opt.state_bytes()                    # {'averaging.offset': bytes of the d copy}
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from fractions import Fraction
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
-from zotune.core.estimators import Estimate, Prober, TwoPointEstimator
+import torch
+
+from zotune.core.estimators import TwoPointEstimator
 from zotune.core.optimizer import ZOOptimizer
-from zotune.core.seeds import query_scalar_key, unit_uniform
-from zotune.methods import Component, compose, register_component
+from zotune.core.seeds import tensor_scalar_key, unit_uniform
+from zotune.core.transforms import TensorUpdate, Transform
+from zotune.methods import Component, Parts, Setup, compose, register_component
 
-__all__ = [
-    "KERNEL_ORDERS",
-    "IntervalSchedule",
-    "KerZOOEstimator",
-    "COMPONENT",
-    "kernel",
-    "kernel_coefficients",
-    "kernel_moment",
-    "kerzoo",
-]
+if TYPE_CHECKING:  # pragma: no cover
+    from zotune.core.optimizer import StepContext, Trainable
 
-# K(s) = sum_j c_j s^(2j+1): the odd Legendre kernels normalised so that E[sK] = 1 under s ~ U[-1, 1].
-_KERNELS: dict[int, tuple[Fraction, ...]] = {
-    1: (Fraction(3),),
-    3: (Fraction(75, 4), Fraction(-105, 4)),  # (15/4) s (5 - 7 s^2)
-    5: (Fraction(105 * 35, 64), Fraction(-105 * 126, 64), Fraction(105 * 99, 64)),  # (105/64) s (99s^4-126s^2+35)
-}
-KERNEL_ORDERS: tuple[int, ...] = tuple(sorted(_KERNELS))
-_KERNELS_FLOAT: dict[int, tuple[float, ...]] = {k: tuple(float(c) for c in v) for k, v in _KERNELS.items()}
+AUTHORS_HORIZON = 4000  # T, hard-coded in the authors' trainer (their run length)
+AUTHORS_MIN_INTERVAL = 1e-4
+AUTHORS_CLIP_NORM = 4e5
+AUTHORS_AVERAGING_RATE = 1.0 / 6.0  # beta_t = 1 + t / 6
+AUTHORS_QUERIES = 3
 
 
-def _check_order(order: int) -> int:
-    if isinstance(order, bool) or not isinstance(order, int) or order not in _KERNELS:
-        raise ValueError(f"kernel_order must be one of {KERNEL_ORDERS}, got {order!r}")
-    return order
+def authors_kernel(k: float) -> float:
+    """K(k) = 15 k (5 - 7 k^2): the authors' ``kernel_function(k, t=1)``, unnormalised."""
+    return 15.0 * k * (5.0 - 7.0 * k * k)
 
 
-def kernel_coefficients(order: int) -> tuple[Fraction, ...]:
-    """Exact coefficients (c_0, c_1, ...) of K(s) = sum_j c_j s^(2j+1) for a kernel order."""
-    return _KERNELS[_check_order(order)]
-
-
-def kernel(order: int, s: float) -> float:
-    """K(s) on the unit interval s in [-1, 1] (Horner in s^2)."""
-    coefficients = _KERNELS_FLOAT[_check_order(order)]
-    s2 = s * s
-    acc = 0.0
-    for c in reversed(coefficients):
-        acc = acc * s2 + c
-    return s * acc
-
-
-def kernel_moment(order: int, k: int) -> Fraction:
-    """E[s^k K(s)] for s ~ U[-1, 1], exactly: E[s^m] = 1/(m+1) for even m, 0 for odd m."""
-    total = Fraction(0)
-    for j, c in enumerate(kernel_coefficients(order)):
-        m = k + 2 * j + 1
-        if m % 2 == 0:
-            total += c / (m + 1)
-    return total
-
-
-@dataclass(frozen=True)
-class IntervalSchedule:
-    """The half-width a_t of r's interval at step t (kerzoo.md section 4).
-
-    ``kind``: "constant" (a_t = start), or "linear", "cosine", "geometric" from ``start`` at step 0 to
-    ``end`` at step ``steps`` (held at ``end`` afterwards). With the rescaled kernel, a_t is exactly an eps
-    schedule eps_t = a_t * eps.
-    """
-
-    start: float = 1.0
-    end: float | None = None
-    steps: int = 0
-    kind: str = "constant"
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("constant", "linear", "cosine", "geometric"):
-            raise ValueError(f"interval schedule kind must be constant, linear, cosine or geometric, got {self.kind!r}")
-        _check_interval(self.start)
-        if self.kind != "constant":
-            if self.end is None:
-                raise ValueError(f"a {self.kind} interval schedule needs end=")
-            _check_interval(self.end)
-            if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-                raise ValueError(f"a {self.kind} interval schedule needs steps >= 1, got {self.steps!r}")
-
-    def __call__(self, step: int) -> float:
-        if self.kind == "constant" or self.end is None:
-            return self.start
-        t = min(max(step, 0), self.steps) / self.steps
-        if self.kind == "linear":
-            return self.start + (self.end - self.start) * t
-        if self.kind == "cosine":
-            return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * t))
-        return self.start * (self.end / self.start) ** t  # geometric
-
-
-def _check_interval(a: float) -> float:
-    if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a <= 0:
-        raise ValueError(f"r_max (the half-width a of r's interval) must be a finite number > 0, got {a!r}")
-    return float(a)
-
-
-def _check_clip(name: str, value: float | None) -> float | None:
-    if value is None:
+def _positive(name: str, value: Any, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value <= 0:
-        raise ValueError(f"{name} must be None (off) or a number > 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0{' or None (off)' if allow_none else ''}, got {value!r}")
     return float(value)
 
 
 class KerZOOEstimator(TwoPointEstimator):
-    """The kernel-weighted two-point estimator (see the module docstring for the equations).
+    """The authors' estimator: per-tensor k on a shrinking interval, unnormalised kernel, three queries.
+
+    Tensor l in query q is probed at radius eps k_{q,l} and weighted by K(k_{q,l}); the coefficient is
+    p_q / n_queries with p_q = (L+ - L-) / (2 eps), so g_l = (1/n) sum_q p_q K(k_{q,l}) z_{q,l}.
 
     Args:
-        eps: the perturbation scale; query q probes at radius eps * r_q.
-        n_queries: directions per step, each with its own r_q (averaged).
-        difference: "central" (default, 2 forwards per query) or "forward".
-        kernel_order: 1, 3 (default) or 5.
-        r_max: the half-width a of r ~ U[-a, a]: a number, an :class:`IntervalSchedule`, or any callable
-            ``step -> a``. It must be a pure function of the step (resume and replay rely on it). (Not
-            named ``interval``: that is DiZO's projection period, and options of joined methods share one
-            namespace.)
-        clip_kernel: if set, K(s) is clipped to [-clip_kernel, clip_kernel] before the 1/a rescale.
-        clip_coefficient: if set, each query's K_a(r) (L+ - L-) / (2 eps) is clipped to +-clip_coefficient.
+        eps: the probe scale (the authors' ``zo_eps``).
+        n_queries: queries per step (the authors: 3).
+        horizon: T of a_t = max(a_0 - t / T, min_interval) (the authors hard-code 4000).
+        initial_interval: a_0 (the authors' code: 1; their README recommends 1/2).
+        min_interval: the floor of a_t (the authors: 1e-4).
     """
+
+    per_tensor = True
 
     def __init__(
         self,
         eps: float = 1e-3,
-        n_queries: int = 1,
+        n_queries: int = AUTHORS_QUERIES,
         difference: str = "central",
         *,
-        kernel_order: int = 3,
-        r_max: float | Callable[[int], float] = 1.0,
-        clip_kernel: float | None = None,
-        clip_coefficient: float | None = None,
+        horizon: int = AUTHORS_HORIZON,
+        initial_interval: float = 1.0,
+        min_interval: float = AUTHORS_MIN_INTERVAL,
     ) -> None:
         super().__init__(eps=eps, n_queries=n_queries, difference=difference)
-        self.kernel_order = _check_order(kernel_order)
-        if callable(r_max):
-            self.r_max: float | Callable[[int], float] = r_max
-        else:
-            self.r_max = _check_interval(r_max)
-        self.clip_kernel = _check_clip("clip_kernel", clip_kernel)
-        self.clip_coefficient = _check_clip("clip_coefficient", clip_coefficient)
+        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+            raise ValueError(f"horizon (T of the shrinking interval) must be an integer >= 1, got {horizon!r}")
+        self.horizon = horizon
+        self.initial_interval = _positive("initial_interval", initial_interval)
+        self.min_interval = _positive("min_interval", min_interval)
 
-    def r_max_at(self, step: int) -> float:
-        """The half-width a_t used at ``step``."""
-        if not callable(self.r_max):
-            return self.r_max
-        try:
-            return _check_interval(self.r_max(step))
-        except ValueError as error:
-            raise ValueError(f"r_max schedule at step {step}: {error}") from None
+    def interval(self, step: int) -> float:
+        """a_t = max(a_0 - t / T, min_interval)."""
+        return max(self.initial_interval - step / self.horizon, self.min_interval)  # type: ignore[operator]
 
-    def draw(self, base_seed: int, step: int, query: int) -> tuple[float, float]:
-        """(r, K_a(r)) for one query: r = a (2u - 1), u from the counter-based seed of (seed, step, query)."""
-        a = self.r_max_at(step)
-        s = 2.0 * unit_uniform(query_scalar_key(base_seed, step, query)) - 1.0
-        weight = kernel(self.kernel_order, s)
-        if self.clip_kernel is not None:
-            weight = min(max(weight, -self.clip_kernel), self.clip_kernel)
-        return a * s, weight / a
+    def draw_k(self, base_seed: int, step: int, query: int, param_id: int) -> float:
+        """k_{q,l} = a_t (2u - 1), u from the counter-based key of (seed, step, query, tensor)."""
+        u = unit_uniform(tensor_scalar_key(base_seed, step, query, param_id))
+        return self.interval(step) * (2.0 * u - 1.0)
 
-    def radius_and_weight(self, prober: Prober, query: int) -> tuple[float, float]:
-        """h_q = eps * r_q and w_q = K_a(r_q); the base class divides by 2 eps (not 2 eps r)."""
-        r, weight = self.draw(prober.base_seed, prober.step, query)
-        return self.eps * r, weight
+    def tensor_factors(self, base_seed: int, step: int, query: int, param_id: int) -> tuple[float, float]:
+        k = self.draw_k(base_seed, step, query, param_id)
+        return k, authors_kernel(k)
 
-    def estimate(self, prober: Prober) -> Estimate:
-        estimate = super().estimate(prober)
-        if self.clip_coefficient is None:
-            return estimate
-        bound = self.clip_coefficient / self.n_queries  # the coefficients already carry the 1/n average
-        clipped = tuple(min(max(c, -bound), bound) for c in estimate.coefficients)
-        return Estimate(clipped, estimate.loss, estimate.pending, estimate.finite)
+    def config(self) -> dict[str, Any]:
+        return {
+            **super().config(),
+            "horizon": self.horizon,
+            "initial_interval": self.initial_interval,
+            "min_interval": self.min_interval,
+        }
 
     def __repr__(self) -> str:
-        extras = "".join(
-            f", {name}={value}"
-            for name, value in (("clip_kernel", self.clip_kernel), ("clip_coefficient", self.clip_coefficient))
-            if value is not None
-        )
         return (
-            f"KerZOOEstimator(eps={self.eps}, n_queries={self.n_queries}, difference={self.difference!r}, "
-            f"kernel_order={self.kernel_order}, r_max={self.r_max!r}{extras})"
+            f"KerZOOEstimator(eps={self.eps}, n_queries={self.n_queries}, horizon={self.horizon}, "
+            f"initial_interval={self.initial_interval}, min_interval={self.min_interval})"
         )
 
 
-def _build(eps: float, n_queries: int, difference: str, **options: Any) -> KerZOOEstimator:
-    return KerZOOEstimator(eps=eps, n_queries=n_queries, difference=difference, **options)
+class TensorNormClip(Transform):
+    """g_l <- min(1, max_norm / ||g_l||) g_l for every tensor (a gradient-stage transform).
+
+    The norm needs the numbers, so g_l is summed into a scratch of the tensor's size (no lasting memory).
+    """
+
+    name = "clip"
+    stage = "gradient"
+
+    def __init__(self, max_norm: float = AUTHORS_CLIP_NORM) -> None:
+        self.max_norm = _positive("clip_norm", max_norm)
+
+    def config(self) -> dict[str, Any]:
+        return {"max_norm": self.max_norm}
+
+    def update(self, ctx: StepContext, item: Trainable, update: TensorUpdate) -> TensorUpdate:
+        if update.is_zero():
+            return update
+        dense = ctx.materialize(item, update)
+        norm = float(torch.linalg.vector_norm(dense))
+        if norm > self.max_norm:  # type: ignore[operator]
+            dense.mul_(self.max_norm / norm)  # type: ignore[operator]
+        return TensorUpdate([], dense, update.decay)
+
+    def __repr__(self) -> str:
+        return f"TensorNormClip(max_norm={self.max_norm})"
+
+
+class TwoSequenceAveraging(Transform):
+    """KerZOO's averaging, with a **parameter-sized buffer** d = x - c per tensor (an update-stage transform).
+
+    With beta_t = 1 + rate t and the step's update u = -eta g (after the learning rate):
+
+        probe point   y = x - d / beta_t                                  (begin_step)
+        update        w = d - u,   x <- x - w / beta_t = y + u / beta_t,   d <- (1 - 1/beta_t) w
+
+    which is the authors' c <- c + u, x <- c / beta_t + (1 - 1/beta_t) x with c = x - d.
+    """
+
+    name = "averaging"
+    stage = "update"
+
+    def __init__(self, rate: float = AUTHORS_AVERAGING_RATE) -> None:
+        self.rate = _positive("averaging_rate", rate)
+
+    def config(self) -> dict[str, Any]:
+        return {"rate": self.rate}
+
+    def beta(self, step: int) -> float:
+        return 1.0 + self.rate * step  # type: ignore[operator]
+
+    def bind(self, optimizer: ZOOptimizer) -> None:
+        for item in optimizer.trainable():  # the buffer exists (and is counted) from the start
+            self._offset(optimizer, item.param)
+
+    def _offset(self, optimizer: ZOOptimizer, param: torch.Tensor) -> torch.Tensor:
+        return self.buffer(optimizer, param, "offset", lambda: torch.zeros_like(param, memory_format=torch.contiguous_format))
+
+    def _shift(self, ctx: StepContext, sign: float) -> None:
+        beta = self.beta(ctx.step)
+        if beta == 1.0:
+            return  # y = x (and d = 0) at the first step
+        for item in ctx.params:
+            item.param.detach().add_(self._offset(ctx.optimizer, item.param), alpha=sign / beta)
+
+    def begin_step(self, ctx: StepContext) -> None:
+        self._shift(ctx, -1.0)  # x -> y
+
+    def cancel_step(self, ctx: StepContext) -> None:
+        self._shift(ctx, +1.0)  # y -> x
+
+    def update(self, ctx: StepContext, item: Trainable, update: TensorUpdate) -> TensorUpdate:
+        if update.decay != 1.0:
+            raise ValueError("KerZOO's two-sequence averaging does not combine with weight decay (set weight_decay=0)")
+        beta = self.beta(ctx.step)
+        offset = self._offset(ctx.optimizer, item.param)
+        if update.is_zero():
+            offset.mul_(1.0 - 1.0 / beta)
+            return update
+        dense = ctx.materialize(item, update)
+        offset.sub_(dense.to(offset.dtype)).mul_(1.0 - 1.0 / beta)  # d <- (1 - 1/beta)(d - u)
+        return TensorUpdate([], dense.mul_(1.0 / beta), 1.0)  # from y: x_new = y + u / beta
+
+    def __repr__(self) -> str:
+        return f"TwoSequenceAveraging(rate={self.rate})"
+
+
+_OPTIONS = frozenset({"horizon", "initial_interval", "min_interval", "clip_norm", "averaging_rate"})
+
+
+def _build(
+    setup: Setup,
+    horizon: int | None = None,
+    initial_interval: float = 1.0,
+    min_interval: float = AUTHORS_MIN_INTERVAL,
+    clip_norm: float | None = AUTHORS_CLIP_NORM,
+    averaging_rate: float | None = AUTHORS_AVERAGING_RATE,
+) -> Parts:
+    if horizon is None:  # the run's length when the runner knows it, else the authors' 4000
+        horizon = setup.total_steps if setup.total_steps else AUTHORS_HORIZON
+    estimator = KerZOOEstimator(
+        eps=setup.eps,
+        n_queries=AUTHORS_QUERIES if setup.n_queries is None else setup.n_queries,
+        difference=setup.difference,
+        horizon=horizon,
+        initial_interval=initial_interval,
+        min_interval=min_interval,
+    )
+    transforms: list[Transform] = []
+    if clip_norm is not None:
+        transforms.append(TensorNormClip(clip_norm))
+    if averaging_rate is not None:
+        transforms.append(TwoSequenceAveraging(averaging_rate))
+    return Parts(estimator=estimator, transforms=tuple(transforms))
 
 
 COMPONENT = Component(
     name="kerzoo",
-    role="estimator",
     build=_build,
-    options=frozenset({"kernel_order", "r_max", "clip_kernel", "clip_coefficient"}),
+    options=_OPTIONS,
+    replaces=frozenset({"estimator"}),
+    summary="the authors' KerZOO: 3 queries, per-tensor k on a shrinking interval, 15k(5-7k^2), clip 4e5, "
+    "two-sequence averaging (+1 parameter copy)",
 )
 register_component(COMPONENT)
 
@@ -273,40 +274,46 @@ def kerzoo(
     params: Iterable[Any],
     lr: float = 1e-6,
     eps: float = 1e-3,
-    kernel_order: int = 3,
-    r_max: float | Callable[[int], float] = 1.0,
-    clip_kernel: float | None = None,
-    clip_coefficient: float | None = None,
-    weight_decay: float = 0.0,
+    horizon: int | None = None,
+    initial_interval: float = 1.0,
+    min_interval: float = AUTHORS_MIN_INTERVAL,
+    clip_norm: float | None = AUTHORS_CLIP_NORM,
+    averaging_rate: float | None = AUTHORS_AVERAGING_RATE,
     seed: int = 0,
-    n_queries: int = 1,
+    n_queries: int | None = None,
     **options: Any,
 ) -> ZOOptimizer:
-    """KerZOO: ZO-SGD with the kernel-weighted two-point estimator (:class:`KerZOOEstimator`).
+    """The authors' KerZOO (see the module docstring for the step and its source).
 
-    Per step, with z regenerated from the seed and r ~ U[-a, a] (a = ``r_max``) drawn from (seed, step):
-
-        c = K_a(r) (L(theta + eps r z) - L(theta - eps r z)) / (2 eps),    K_a(r) = K(r / a) / a,
-        theta <- theta - lr (c z + weight_decay theta)
-
-    averaged over ``n_queries`` directions. K is the order-``kernel_order`` Legendre kernel (order 3,
-    (15/4) r (5 - 7 r^2), by default), which makes E[c z] = grad L + O(eps^4) instead of MeZO's O(eps^2),
-    at 6.25x the variance of MeZO's step multiplier (order 3): tune ``lr`` for KerZOO rather than copying
-    MeZO's. Defaults follow the third-party reading of the paper (r ~ U[-1, 1], constant ``r_max``, no
-    clipping); see the module docstring. Other options are MeZO's (see :func:`zotune.mezo`): ``difference``,
-    ``sampler``, ``decay_mask``, ``extra_transforms``, ``record_trajectory``.
+    Defaults are the authors': lr 1e-6 and eps 1e-3 (their OPT-2.7B example), three queries, T = 4000
+    (``horizon``; ``zotune train`` sets it to the run's steps), a_0 = 1 (``initial_interval``; their README
+    recommends 0.5), the per-tensor clip at 4e5 (``clip_norm``; None turns it off) and beta_t = 1 + t/6
+    (``averaging_rate``; None turns the averaging off and saves its parameter-sized buffer). Other options
+    go to :func:`zotune.methods.compose` (``sampler``, ``record_trajectory``, ...).
     """
     return compose(
         params,
         (COMPONENT,),
         lr=lr,
         eps=eps,
-        weight_decay=weight_decay,
         seed=seed,
         n_queries=n_queries,
-        kernel_order=kernel_order,
-        r_max=r_max,
-        clip_kernel=clip_kernel,
-        clip_coefficient=clip_coefficient,
+        kerzoo=dict(
+            horizon=horizon,
+            initial_interval=initial_interval,
+            min_interval=min_interval,
+            clip_norm=clip_norm,
+            averaging_rate=averaging_rate,
+        ),
         **options,
     )
+
+
+__all__ = [
+    "COMPONENT",
+    "KerZOOEstimator",
+    "TensorNormClip",
+    "TwoSequenceAveraging",
+    "authors_kernel",
+    "kerzoo",
+]

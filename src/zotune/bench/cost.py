@@ -111,15 +111,16 @@ def _build(cfg: CostConfig, method: str, params: list[tuple[str, torch.Tensor]])
 
 
 def _method_option_names(method: str) -> set[str]:
-    from zotune.methods import _parse
+    """Flat option names and nested component names (``{"kerzoo": {...}}``) the method takes."""
+    from zotune.methods import parse_method
 
-    return {name for component in _parse(method) for name in component.options}
+    components = parse_method(method)
+    return {name for c in components for name in c.options} | {c.name for c in components}
 
 
-def _dizo_transform(optimizer: Any) -> Any | None:
-    from zotune.algorithms.dizo import DiZOProjection
-
-    return next((t for t in optimizer.transforms if isinstance(t, DiZOProjection)), None)
+def _periodic(optimizer: Any) -> Any | None:
+    """The transform with periodic forward-pass work (DiZO's search), if any: timed apart and amortised."""
+    return next((t for t in optimizer.transforms if t.period > 0), None)
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -166,19 +167,23 @@ def time_variants(cfg: CostConfig, params: list[tuple[str, torch.Tensor]], closu
             "seconds_per_step": medians[method],
             "forward_passes_per_step": (optimizer.forward_passes - passes0) / steps,
             "random_numbers_per_step": (optimizer.random_numbers_drawn - numbers0) / steps,
+            # parameter-sized state the method keeps besides the weights (KerZOO's averaging copy, Adam's
+            # moments, DiZO's anchor), as the optimizer declares it
+            "state_mb": round(sum(optimizer.state_bytes().values()) / 2**20, 1),
+            "state_buffers": sorted(optimizer.state_bytes()),
         }
-        projection = _dizo_transform(optimizer)
-        if projection is not None:  # DiZO: time one search cycle (weights are left as they were) and amortise it
+        projection = _periodic(optimizer)
+        if projection is not None:  # periodic work (DiZO's search): time one cycle (weights untouched), amortise it
             passes_before = optimizer.forward_passes
-            cycle = _timed(lambda: projection.search(optimizer, closure))
+            cycle = _timed(lambda: projection.periodic_work(optimizer, closure))
             cycle_passes = optimizer.forward_passes - passes_before
             row.update({
                 "search_cycle_seconds": round(cycle, 4),
                 "search_cycle_forward_passes": cycle_passes,
-                "interval": projection.interval,
-                "seconds_per_step": medians[method] + cycle / projection.interval,
+                "interval": projection.period,
+                "seconds_per_step": medians[method] + cycle / projection.period,
                 "seconds_per_plain_step": round(medians[method], 4),
-                "forward_passes_per_step": row["forward_passes_per_step"] + cycle_passes / projection.interval,
+                "forward_passes_per_step": row["forward_passes_per_step"] + cycle_passes / projection.period,
             })
         rows[method] = row
     for row in rows.values():
@@ -204,7 +209,7 @@ def measure_memory_mode(cfg: CostConfig, mode: str, steps: int = 2) -> dict[str,
             reference_mezo_step(tensors, closure, draw, lr=cfg.lr, eps=cfg.eps, begin_pass=begin_pass)
     else:
         optimizer = _build(cfg, mode, params)
-        projection = _dizo_transform(optimizer)
+        projection = _periodic(optimizer)
 
         def one_step() -> None:
             optimizer.step(closure)
@@ -214,8 +219,8 @@ def measure_memory_mode(cfg: CostConfig, mode: str, steps: int = 2) -> dict[str,
     reset_peak_rss()
     for _ in range(steps):
         one_step()
-    if mode not in (INFERENCE, REFERENCE) and projection is not None:  # DiZO: its search's working copy counts too
-        projection.search(optimizer, closure)
+    if mode not in (INFERENCE, REFERENCE) and projection is not None:  # periodic work's working copies count too
+        projection.periodic_work(optimizer, closure)
     return {"mode": mode, "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 

@@ -35,8 +35,8 @@ def cost_table(record: dict[str, Any], memory: dict[str, Any] | None = None) -> 
         f"{cfg['length']} tokens, full-vocabulary loss, {record['threads']} threads, median of {cfg['rounds']} interleaved "
         f"rounds; two forward passes = {floor:.3f} s)",
         "",
-        "| variant | s / step | ÷ two forwards | forward passes / step | random numbers / step | peak memory ÷ inference |",
-        "|---|---|---|---|---|---|",
+        "| variant | s / step | ÷ two forwards | forward passes / step | random numbers / step | optimizer state MiB | peak memory ÷ inference |",
+        "|---|---|---|---|---|---|---|",
     ]
     order = [name for name in ("forward x2", "reference", *cfg["methods"]) if name in rows]  # the file's keys are sorted
     for name in order:
@@ -47,7 +47,8 @@ def cost_table(record: dict[str, Any], memory: dict[str, Any] | None = None) -> 
             seconds += f" ({row['seconds_per_plain_step']:.3f} + {row['search_cycle_seconds']:.2f} / {row['interval']})"
         lines.append(
             f"| {name} | {seconds} | {row['ratio_to_two_forwards']:.3f} | {row['forward_passes_per_step']:g} | "
-            f"{_fmt_int(row['random_numbers_per_step'])} | {'1' if name == 'forward x2' else ('–' if memory is None else f'{memory:.3f}')} |"
+            f"{_fmt_int(row['random_numbers_per_step'])} | {_state(row)} | "
+            f"{'1' if name == 'forward x2' else ('–' if memory is None else f'{memory:.3f}')} |"
         )
     if "peak_rss_mb" in record:
         peaks = record["peak_rss_mb"]
@@ -55,6 +56,14 @@ def cost_table(record: dict[str, Any], memory: dict[str, Any] | None = None) -> 
                   + f". Whole experiment: {record['wall_seconds']:.0f} s"
                   + (f" (memory measured in a separate run: {record['memory_wall_seconds']:.0f} s)." if "memory_wall_seconds" in record else ".")]
     return "\n".join(lines)
+
+
+def _state(row: dict[str, Any]) -> str:
+    """Parameter-sized optimizer state, with the buffers that hold it (results older than the column: –)."""
+    if "state_mb" not in row:
+        return "–"
+    buffers = row.get("state_buffers") or []
+    return f"{row['state_mb']:,.1f}" + (f" ({', '.join(buffers)})" if buffers else "")
 
 
 def _pm(mean: float | None, std: float | None) -> str:

@@ -33,7 +33,7 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--objective", "objective", str, "auto, ce, lm, f1 or accuracy (f1/accuracy: non-differentiable)"),
     ("--dtype", "dtype", str, "float32 (default), bfloat16 or float16"),
     ("--weight-decay", "weight_decay", float, "decoupled weight decay [0]"),
-    ("--n-queries", "n_queries", int, "random directions per step [1]"),
+    ("--n-queries", "n_queries", int, "random directions per step [the method's: 1; kerzoo 3]"),
     ("--eval-batch-size", "eval_batch_size", int, "evaluation batch size [32]"),
     ("--lora-r", "lora_r", int, "LoRA rank [8]"),
     ("--lora-alpha", "lora_alpha", int, "LoRA alpha [16]"),

@@ -1,7 +1,7 @@
 """The ZO engine: samplers, estimators, transforms and the optimizer (torch only, no Hugging Face)."""
 
 from zotune.core.estimators import Estimate, Estimator, Prober, TwoPointEstimator
-from zotune.core.optimizer import StepRecord, ZOOptimizer
+from zotune.core.optimizer import StepContext, StepRecord, Trainable, ZOOptimizer
 from zotune.core.samplers import (
     CounterSampler,
     Direction,
@@ -11,7 +11,7 @@ from zotune.core.samplers import (
     make_sampler,
     register_sampler,
 )
-from zotune.core.transforms import DecoupledWeightDecay, LearningRate, Transform, UpdateRule, matrices_only
+from zotune.core.transforms import DecoupledWeightDecay, LearningRate, TensorUpdate, Transform, matrices_only
 
 __all__ = [
     "CounterSampler",
@@ -26,7 +26,9 @@ __all__ = [
     "TorchGeneratorSampler",
     "Transform",
     "TwoPointEstimator",
-    "UpdateRule",
+    "TensorUpdate",
+    "StepContext",
+    "Trainable",
     "ZOOptimizer",
     "available_samplers",
     "make_sampler",

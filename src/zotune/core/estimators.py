@@ -1,12 +1,15 @@
 """Estimators: which losses to query and how to turn them into an implicit gradient.
 
 An estimator moves the parameters along directions through a :class:`Prober` (handed to it by the
-optimizer), calls the closure, and returns an :class:`Estimate`: one coefficient c_q per query q, so that
-the gradient estimate is
+optimizer), calls the closure, and returns an :class:`Estimate`: one coefficient c_q per query q. An
+estimator may also give every tensor l its own probe radius factor r_{q,l} and update weight w_{q,l}
+(:meth:`Estimator.tensor_factors`), regenerated from the seed like z itself, so the gradient estimate of
+tensor l is
 
-    g_hat = sum_q c_q * z_q,
+    g_hat_l = sum_q c_q * w_{q,l} * z_{q,l},       probed at theta_l +- h_q * r_{q,l} * z_{q,l},
 
-held implicitly as (seed, coefficients) and never materialised. An estimator may leave the parameters
+held implicitly as (seed, coefficients) and never materialised: a step's record stays a few scalars per
+query, and replay and data parallelism regenerate r and w as they regenerate z. MeZO has r = w = 1. An estimator may leave the parameters
 displaced by ``pending_scale * z_q`` for its last query; the optimizer then folds that restore into the
 update pass, which saves one regeneration of z per step (three passes instead of MeZO's four).
 """
@@ -26,7 +29,7 @@ class Prober(Protocol):
     base_seed: int
 
     def displace(self, query: int, scale: float) -> None:
-        """theta <- theta + scale * z_query for every trainable parameter (in place)."""
+        """theta_l <- theta_l + scale * r_{query,l} * z_{query,l} for every trainable tensor l (in place)."""
 
     def loss(self) -> float:
         """The closure's loss at the current parameters, as a Python float (one forward pass)."""
@@ -39,7 +42,7 @@ class Estimate:
     Attributes:
         coefficients: c_q for each query; the gradient estimate is sum_q c_q z_q.
         loss: the loss to report for this step (the mean of the probe losses).
-        pending: ``(query, scale)`` if the parameters are still displaced by ``scale * z_query``.
+        pending: ``(query, scale)`` if the parameters are still displaced by ``scale * r_{query,l} * z_query``.
         finite: False if any probe loss was NaN or infinite (the coefficients are then zero).
     """
 
@@ -53,9 +56,21 @@ class Estimator(ABC):
     """Queries losses along directions and returns an :class:`Estimate`."""
 
     n_queries: int = 1
+    # True if tensor_factors is not (1, 1) everywhere (the optimizer then asks for it per tensor)
+    per_tensor: bool = False
 
     @abstractmethod
     def estimate(self, prober: Prober) -> Estimate: ...
+
+    def tensor_factors(self, base_seed: int, step: int, query: int, param_id: int) -> tuple[float, float]:
+        """(r_{q,l}, w_{q,l}): tensor l's probe radius factor and update weight in query q; a pure
+        function of its arguments (resume, replay and data parallelism regenerate it)."""
+        del base_seed, step, query, param_id
+        return 1.0, 1.0
+
+    def config(self) -> dict[str, Any]:
+        """The estimator's settings (saved in the optimizer's state dict, compared on load)."""
+        return {}
 
     def forward_passes_per_step(self) -> int:
         """Closure calls per step (used for budgets and reported in metrics)."""
@@ -98,6 +113,9 @@ class TwoPointEstimator(Estimator):
         self.eps = float(eps)
         self.n_queries = int(n_queries)
         self.difference = difference
+
+    def config(self) -> dict[str, Any]:
+        return {"eps": self.eps, "n_queries": self.n_queries, "difference": self.difference}
 
     def radius_and_weight(self, prober: Prober, query: int) -> tuple[float, float]:
         """(h_q, w_q) for query q; MeZO uses (eps, 1)."""

@@ -14,9 +14,18 @@ Nothing parameter-sized is allocated, and z is never stored: a step is recorded 
 :class:`StepRecord` ``(step, seed, coefficients, lrs, weight_decays)`` from which the update can be
 replayed exactly (:meth:`ZOOptimizer.apply_record`).
 
-The three parts are pluggable: the sampler (where z comes from), the estimator (which losses to query and
-the coefficients c_q of g_hat = sum_q c_q z_q) and the transforms (learning rate, weight decay, DiZO's
-projection, ...). Named methods such as :func:`zotune.mezo` are short compositions of them.
+The three parts are pluggable: the sampler (where z comes from), the estimator (which losses to query,
+the coefficients c_q and per-tensor radii and weights, see :mod:`zotune.core.estimators`) and the chain
+of transforms (:mod:`zotune.core.transforms`: gradient-stage transforms such as a clip, momentum or Adam,
+then the learning rate and weight decay, then update-stage transforms such as KerZOO's averaging or
+DiZO's projection). A step runs:
+
+    begin_step (each transform; may move theta to a probe point)
+    estimate   (the estimator's forward passes)
+    for each tensor: update = chain(g_hat_l), written in place, fused with the last probe's restore
+    end_step   (each transform), record, after_step (each transform, with the closure)
+
+Named methods such as :func:`zotune.mezo` are short compositions of these parts (:mod:`zotune.methods`).
 """
 
 from __future__ import annotations
@@ -32,8 +41,9 @@ from zotune.core.seeds import name_id
 from zotune.core.transforms import (
     DecoupledWeightDecay,
     LearningRate,
+    TensorUpdate,
     Transform,
-    UpdateRule,
+    callable_name,
     validate_hyperparameters,
 )
 
@@ -41,7 +51,8 @@ Closure = Callable[[], Any]
 
 
 class StepRecord(NamedTuple):
-    """The whole update of one step, in a few bytes: theta <- decay theta - lr sum_q c_q z_q."""
+    """The whole update of one step, in a few bytes: the coefficients c_q and the hyperparameters used;
+    z, r and w are regenerated from (seed, step)."""
 
     step: int
     seed: int
@@ -50,10 +61,85 @@ class StepRecord(NamedTuple):
     weight_decays: tuple[float, ...]  # one per param group
 
 
-class _Trainable(NamedTuple):
+class Trainable(NamedTuple):
+    """One tensor a step perturbs, with its place in the step (canonical order: ascending ``param_id``)."""
+
     group_index: int
     param: torch.Tensor
     param_id: int
+    index: int  # position among the step's trainable tensors
+    offset: int  # its first element among all trainable elements, in the same order
+
+
+class StepContext:
+    """What the estimator's prober and the transforms see of one step.
+
+    Attributes:
+        optimizer: the optimizer.
+        step: the step being taken (or replayed).
+        params: the step's trainable tensors, in canonical order.
+        coefficients: c_q, set once the estimator has returned (empty before).
+    """
+
+    def __init__(self, optimizer: ZOOptimizer, step: int, params: list[Trainable]) -> None:
+        self.optimizer = optimizer
+        self.step = step
+        self.params = params
+        self.coefficients: tuple[float, ...] = ()
+        self._count = len(params)
+        self._total = sum(item.param.numel() for item in params)
+        self._factors: dict[tuple[int, int, int], tuple[float, float]] = {}
+
+    def group(self, item: Trainable) -> dict[str, Any]:
+        return self.optimizer.param_groups[item.group_index]
+
+    def direction(self, query: int, item: Trainable, step: int | None = None) -> Direction:
+        """The key of z for ``item`` in ``query`` of ``step`` (this step by default)."""
+        return Direction(
+            self.optimizer.base_seed,
+            self.step if step is None else step,
+            query,
+            item.param_id,
+            item.index,
+            self._count,
+            item.offset,
+            self._total,
+        )
+
+    def factors(self, query: int, item: Trainable, step: int | None = None) -> tuple[float, float]:
+        """The estimator's (r_{q,l}, w_{q,l}) for ``item`` (cached for the step)."""
+        estimator = self.optimizer.estimator
+        if not estimator.per_tensor:
+            return 1.0, 1.0
+        step = self.step if step is None else step
+        key = (step, query, item.param_id)
+        if key not in self._factors:
+            self._factors[key] = estimator.tensor_factors(self.optimizer.base_seed, step, query, item.param_id)
+        return self._factors[key]
+
+    def gradient(self, item: Trainable, coefficients: Sequence[float] | None = None, step: int | None = None) -> TensorUpdate:
+        """The implicit estimate g_hat_l = sum_q c_q w_{q,l} z_{q,l} of ``item`` (of this step, or of
+        another step's coefficients, as momentum rebuilt from past seeds needs)."""
+        coefficients = self.coefficients if coefficients is None else coefficients
+        terms = []
+        for query, c in enumerate(coefficients):
+            if c != 0.0:
+                terms.append((self.direction(query, item, step), c * self.factors(query, item, step)[1]))
+        return TensorUpdate(terms)
+
+    def materialize(self, item: Trainable, update: TensorUpdate) -> torch.Tensor:
+        """The step's update of ``item`` (its terms plus its dense part, not its decay) summed into one
+        dense tensor of the parameter's shape: a scratch reused by every tensor of the step (float32 for
+        half-precision parameters). ``update``'s own dense buffer is reused when it has one."""
+        dense = update.dense
+        if dense is None:
+            dense = self.optimizer._scratch(item.param)
+            dense.zero_()
+        flat = dense.view(-1)
+        for direction, alpha in update.terms:
+            if alpha != 0.0:
+                self.optimizer._add_direction(flat, direction, alpha)
+        return dense
 
 
 class ZOOptimizer(torch.optim.Optimizer):
@@ -65,7 +151,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         lr: learning rate (per group; ``torch.optim.lr_scheduler`` works).
         estimator: the gradient estimator; default :class:`TwoPointEstimator` with ``eps=1e-3``.
         sampler: a registered sampler name or a :class:`Sampler`; default counter-based ``"gaussian"``.
-        transforms: the update transforms; default ``[LearningRate(), DecoupledWeightDecay()]``.
+        transforms: the update chain; default ``[LearningRate(), DecoupledWeightDecay()]``.
         weight_decay: decoupled weight decay (per group), applied where the decay transform's mask says.
         seed: the base seed every direction is derived from.
         record_trajectory: keep every :class:`StepRecord` in ``self.trajectory`` (a few bytes per step).
@@ -105,6 +191,10 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.transforms: list[Transform] = (
             list(transforms) if transforms is not None else [LearningRate(), DecoupledWeightDecay()]
         )
+        names = [t.name for t in self.transforms]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"two transforms share the name {duplicated[0]!r}; their buffers would collide")
         self.base_seed = seed
         self.step_count = 0
         self.forward_passes = 0
@@ -114,6 +204,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.last_record: StepRecord | None = None
         self.trajectory: list[StepRecord] | None = [] if record_trajectory else None
         self._param_ids = self._assign_param_ids()
+        self._scratch_buffers: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
         for transform in self.transforms:
             transform.bind(self)  # last: a transform may read the parameters as they are before step 0
 
@@ -137,57 +228,94 @@ class ZOOptimizer(torch.optim.Optimizer):
             ids.append(group_ids)
         return ids
 
-    def trainable(self) -> list[_Trainable]:
-        """The tensors this step perturbs: every parameter with ``requires_grad`` (re-read each step)."""
-        return [
-            _Trainable(gi, p, self._param_ids[gi][pi])
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        if hasattr(self, "_param_ids"):  # after construction: give the new tensors ids too
+            self._param_ids = self._assign_param_ids()
+
+    def trainable(self) -> list[Trainable]:
+        """The tensors this step perturbs: every parameter with ``requires_grad`` (re-read each step), in
+        canonical order (ascending id, so the order the parameters were passed in does not matter)."""
+        found = [
+            (self._param_ids[gi][pi], gi, p)
             for gi, group in enumerate(self.param_groups)
             for pi, p in enumerate(group["params"])
             if p.requires_grad
         ]
+        found.sort(key=lambda entry: entry[0])
+        items, offset = [], 0
+        for index, (pid, gi, p) in enumerate(found):
+            items.append(Trainable(gi, p, pid, index, offset))
+            offset += p.numel()
+        return items
 
     def direction(self, query: int, param_id: int, step: int | None = None) -> Direction:
-        return Direction(self.base_seed, self.step_count if step is None else step, query, param_id)
+        """The key of z for a parameter id (its place in the step filled in from the current trainable set)."""
+        context = StepContext(self, self.step_count if step is None else step, self.trainable())
+        for item in context.params:
+            if item.param_id == param_id:
+                return context.direction(query, item)
+        return Direction(self.base_seed, context.step, query, param_id)
+
+    # --- passes over the parameters -------------------------------------------------------------------
+
+    def _add_direction(self, flat: torch.Tensor, direction: Direction, alpha: float, decay: float = 1.0) -> None:
+        self.sampler.add_(flat, direction, alpha, decay)
+        self.last_step_random_numbers += self.sampler.numbers_drawn(flat.numel())
+
+    def _apply_direction(self, param: torch.Tensor, direction: Direction, alpha: float, decay: float = 1.0) -> None:
+        self.sampler.apply_(param, direction, alpha, decay)
+        self.last_step_random_numbers += self.sampler.numbers_drawn(param.numel())
+
+    def _displace_all(self, ctx: StepContext, query: int, scale: float) -> None:
+        for item in ctx.params:
+            radius = ctx.factors(query, item)[0]
+            self._apply_direction(item.param, ctx.direction(query, item), scale * radius)
+
+    def _scratch(self, param: torch.Tensor) -> torch.Tensor:
+        """A reusable buffer of ``param``'s shape (float32 for half precision), shared by every tensor."""
+        dtype = torch.float32 if param.dtype in (torch.float16, torch.bfloat16) else param.dtype
+        key = (dtype, param.device)
+        buffer = self._scratch_buffers.get(key)
+        if buffer is None or buffer.numel() < param.numel():
+            buffer = torch.empty(param.numel(), dtype=dtype, device=param.device)
+            self._scratch_buffers[key] = buffer
+        return buffer[: param.numel()].view(param.shape)
+
+    def _apply_updates(self, ctx: StepContext, pending: tuple[int, float] | None) -> None:
+        """theta_l <- decay (theta_l + pending) + chain(g_hat_l), tensor by tensor, in place."""
+        for item in ctx.params:
+            update = ctx.gradient(item)
+            for transform in self.transforms:
+                update = transform.update(ctx, item, update)
+            self._write(ctx, item, update, pending)
+
+    def _write(self, ctx: StepContext, item: Trainable, update: TensorUpdate, pending: tuple[int, float] | None) -> None:
+        terms = list(update.terms)
+        decay = update.decay
+        if pending is not None:  # the last probe's displacement, undone in the same pass as the update
+            query, scale = pending
+            direction = ctx.direction(query, item)
+            restore = decay * scale * ctx.factors(query, item)[0]
+            for k, (d, alpha) in enumerate(terms):
+                if d == direction:
+                    terms[k] = (d, alpha + restore)
+                    break
+            else:
+                terms.insert(0, (direction, restore))
+        decay_left = decay
+        for direction, alpha in terms:
+            if alpha == 0.0 and decay_left == 1.0:
+                continue  # nothing to add for this direction (e.g. lr = 0 and no displacement)
+            self._apply_direction(item.param, direction, alpha, decay_left)
+            decay_left = 1.0
+        data = item.param.detach()
+        if decay_left != 1.0:  # no term carried the decay
+            data.mul_(decay_left)
+        if update.dense is not None:
+            data.add_(update.dense.to(data.dtype) if update.dense.dtype != data.dtype else update.dense)
 
     # --- the step -------------------------------------------------------------------------------------
-
-    def _displace_all(self, params: list[_Trainable], step: int, query: int, scale: float, decay: float = 1.0) -> None:
-        for item in params:
-            self.sampler.apply_(item.param, self.direction(query, item.param_id, step), scale, decay)
-            self.last_step_random_numbers += self.sampler.numbers_drawn(item.param.numel())
-
-    def _rules(self, params: list[_Trainable]) -> list[UpdateRule]:
-        rules = []
-        for item in params:
-            rule = UpdateRule()
-            group = self.param_groups[item.group_index]
-            for transform in self.transforms:
-                rule = transform.rule(group, item.param, rule)
-            rules.append(rule)
-        return rules
-
-    def _update(
-        self,
-        params: list[_Trainable],
-        step: int,
-        coefficients: Sequence[float],
-        pending: tuple[int, float] | None,
-    ) -> None:
-        """theta <- decay (theta + pending) + scale sum_q c_q z_q, one pass per query with work to do."""
-        for item, rule in zip(params, self._rules(params), strict=True):
-            decay_left = rule.decay
-            for query, coefficient in enumerate(coefficients):
-                alpha = rule.scale * coefficient
-                if pending is not None and pending[0] == query:
-                    alpha += rule.decay * pending[1]
-                if alpha == 0.0 and decay_left == 1.0:
-                    continue  # nothing to add for this direction (e.g. lr = 0 and no displacement)
-                direction = self.direction(query, item.param_id, step)
-                self.sampler.apply_(item.param, direction, alpha, decay_left)
-                self.last_step_random_numbers += self.sampler.numbers_drawn(item.param.numel())
-                decay_left = 1.0
-            if decay_left != 1.0:  # every coefficient was zero: decay still applies
-                item.param.detach().mul_(decay_left)
 
     @torch.no_grad()
     def step(self, closure: Closure | None = None) -> torch.Tensor:  # type: ignore[override]
@@ -195,8 +323,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         without autograd (it is called under ``torch.no_grad()``), on the same batch every call of a step.
 
         Returns the step's loss (mean of the probe losses) as a 0-d float32 tensor; NaN if a probe loss was
-        not finite, in which case the parameters are restored, no update is made and
-        ``nonfinite_steps`` is incremented.
+        not finite, in which case the parameters are restored, no update is made (weight decay and
+        transform state included) and ``nonfinite_steps`` is incremented.
         """
         if closure is None:
             raise ValueError(
@@ -206,10 +334,21 @@ class ZOOptimizer(torch.optim.Optimizer):
         params = self.trainable()
         if not params:
             raise ValueError("no parameter has requires_grad=True: there is nothing to train")
-        step = self.step_count
+        ctx = StepContext(self, self.step_count, params)
         self.last_step_random_numbers = 0
-        estimate = self.estimator.estimate(_Prober(self, params, closure, step))
-        self._update(params, step, estimate.coefficients, estimate.pending)
+        for transform in self.transforms:
+            transform.begin_step(ctx)
+        estimate = self.estimator.estimate(_Prober(self, ctx, closure))
+        ctx.coefficients = estimate.coefficients
+        if estimate.finite:
+            self._apply_updates(ctx, estimate.pending)
+            for transform in self.transforms:
+                transform.end_step(ctx)
+        else:  # restore theta exactly as it was: undo the last probe, then each transform's probe point
+            if estimate.pending is not None:
+                self._displace_all(ctx, *estimate.pending)
+            for transform in reversed(self.transforms):
+                transform.cancel_step(ctx)
         self._finish_step(estimate)
         for transform in self.transforms:
             transform.after_step(self, closure)
@@ -231,28 +370,67 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.random_numbers_drawn += self.last_step_random_numbers
         self.step_count += 1
 
+    def not_replayable(self) -> list[str]:
+        """The parts whose effect a step record does not capture (empty: records replay the run)."""
+        parts = [repr(t) for t in self.transforms if not t.replayable]
+        if not getattr(self.sampler, "replayable", True):
+            parts.append(repr(self.sampler))
+        return parts
+
     @torch.no_grad()
     def apply_record(self, record: StepRecord) -> None:
-        """Apply a recorded update (replay): theta <- decay theta - lr sum_q c_q z_q, with the record's
-        learning rates and weight decays. Only update rules are replayed, not ``after_step`` effects."""
+        """Apply a recorded update (replay) with the record's learning rates and weight decays, running
+        the transform chain (and its state) as the step did."""
         if record.seed != self.base_seed:
             raise ValueError(f"record was made with seed {record.seed}, this optimizer has {self.base_seed}")
         if len(record.lrs) != len(self.param_groups):
             raise ValueError("record and optimizer have different numbers of param groups")
+        blocked = self.not_replayable()
+        if blocked:
+            raise ValueError(f"cannot replay: {', '.join(blocked)} acts through forward passes a record does not hold")
         saved = [(g["lr"], g["weight_decay"]) for g in self.param_groups]
         try:
             for group, lr, wd in zip(self.param_groups, record.lrs, record.weight_decays, strict=True):
                 group["lr"], group["weight_decay"] = lr, wd
-            self._update(self.trainable(), record.step, record.coefficients, None)
+            ctx = StepContext(self, record.step, self.trainable())
+            for transform in self.transforms:
+                transform.begin_step(ctx)
+            ctx.coefficients = record.coefficients
+            self._apply_updates(ctx, None)
+            for transform in self.transforms:
+                transform.end_step(ctx)
         finally:
             for group, (lr, wd) in zip(self.param_groups, saved, strict=True):
                 group["lr"], group["weight_decay"] = lr, wd
 
-    # --- checkpoints ----------------------------------------------------------------------------------
+    # --- configuration, memory, checkpoints -----------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """Every component's type and settings: what ``load_state_dict`` requires to match."""
+
+        def describe(part: Any) -> dict[str, Any]:
+            own = part.config() if hasattr(part, "config") else {}
+            return {"type": callable_name(type(part)), **own}
+
+        return {
+            "estimator": describe(self.estimator),
+            "sampler": describe(self.sampler),
+            "transforms": [describe(t) for t in self.transforms],
+        }
+
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes of parameter-sized state per transform buffer name (what ZO adds to inference memory)."""
+        totals: dict[str, int] = {t.name: t.held_bytes() for t in self.transforms if t.held_bytes()}
+        for state in self.state.values():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    totals[key] = totals.get(key, 0) + value.numel() * value.element_size()
+        return totals
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         state = super().state_dict()
         state["zo"] = {
+            "config": self.config(),
             "step": self.step_count,
             "base_seed": self.base_seed,
             "forward_passes": self.forward_passes,
@@ -269,9 +447,11 @@ class ZOOptimizer(torch.optim.Optimizer):
         zo = state_dict.pop("zo", None)
         if zo is None:
             raise ValueError("not a ZOOptimizer state dict: the 'zo' entry is missing")
-        if len(zo["transforms"]) != len(self.transforms):
+        saved, mine = zo.get("config"), self.config()
+        if saved != mine:
             raise ValueError(
-                f"state dict has {len(zo['transforms'])} transform states, this optimizer has {len(self.transforms)}"
+                f"this state dict was saved by an optimizer built differently: {_first_difference(saved, mine)}; "
+                "build the optimizer with the same method and options to load it"
             )
         super().load_state_dict(state_dict)
         self.step_count = int(zo["step"])
@@ -291,18 +471,39 @@ class ZOOptimizer(torch.optim.Optimizer):
         )
 
 
+def _first_difference(saved: Any, mine: Any, path: str = "") -> str:
+    """A one-line description of where two configs first differ (a part's type before its settings)."""
+    if saved is None and not path:
+        return "the saved state has no configuration"
+    if isinstance(saved, dict) and isinstance(mine, dict):
+        keys = sorted(set(saved) | set(mine), key=lambda k: (k != "type", str(k)))
+        for key in keys:
+            if key not in saved or key not in mine:
+                where = "here" if key not in saved else "in the saved state"
+                return f"{path}.{key} is set only {where}" if path else f"{key} is set only {where}"
+            if saved[key] != mine[key]:
+                return _first_difference(saved[key], mine[key], f"{path}.{key}" if path else str(key))
+    if isinstance(saved, list) and isinstance(mine, list):
+        if len(saved) != len(mine):
+            return f"{path or 'config'}: {len(saved)} entries saved, {len(mine)} here"
+        for k, (a, b) in enumerate(zip(saved, mine)):
+            if a != b:
+                return _first_difference(a, b, f"{path}[{k}]")
+    return f"{path or 'config'} is {saved!r} in the saved state, {mine!r} here"
+
+
 class _Prober:
     """The estimator's handle on the parameters and the closure during one step."""
 
-    def __init__(self, optimizer: ZOOptimizer, params: list[_Trainable], closure: Closure, step: int) -> None:
+    def __init__(self, optimizer: ZOOptimizer, ctx: StepContext, closure: Closure) -> None:
         self.optimizer = optimizer
-        self.params = params
+        self.ctx = ctx
         self.closure = closure
-        self.step = step
+        self.step = ctx.step
         self.base_seed = optimizer.base_seed
 
     def displace(self, query: int, scale: float) -> None:
-        self.optimizer._displace_all(self.params, self.step, query, scale)
+        self.optimizer._displace_all(self.ctx, query, scale)
 
     def loss(self) -> float:
         self.optimizer.forward_passes += 1
@@ -310,11 +511,13 @@ class _Prober:
 
 
 def scalar_loss(value: Any) -> float:
-    """A closure's return value as a Python float, via float32 (whatever dtype the loss was computed in)."""
+    """A closure's return value as a Python float: a float64 loss keeps its precision (the difference
+    quotient (L+ - L-) / (2 eps) needs it), any other dtype goes through float32."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"the closure must return a scalar loss, got a tensor of shape {tuple(value.shape)}")
-        return float(value.detach().to(torch.float32))
+        value = value.detach()
+        return float(value if value.dtype == torch.float64 else value.to(torch.float32))
     try:
         return float(value)
     except (TypeError, ValueError):

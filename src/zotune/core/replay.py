@@ -16,9 +16,16 @@ from zotune.core.optimizer import StepRecord, ZOOptimizer
 def replay(optimizer: ZOOptimizer, records: Iterable[StepRecord]) -> int:
     """Apply ``records`` in order to ``optimizer``'s parameters; returns how many were applied.
 
-    Only the update rules (learning rate, weight decay) are replayed; transforms that act after the step
-    (such as DiZO's projection) are not part of a record.
+    The whole transform chain runs as in training (learning rate, weight decay, clips, momentum rebuilt
+    from past records, KerZOO's averaging). An optimizer with a part whose effect a record does not hold
+    (DiZO's projection acts through forward passes) is refused before anything is changed.
     """
+    blocked = optimizer.not_replayable()
+    if blocked:
+        raise ValueError(
+            f"cannot replay this run: {', '.join(blocked)} changes the weights through forward passes that a "
+            "step record does not hold; only its training run can reproduce it"
+        )
     count = 0
     for record in records:
         optimizer.apply_record(record)

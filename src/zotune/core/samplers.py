@@ -42,12 +42,22 @@ from zotune.core.seeds import GOLDEN_GAMMA, direction_key, mix, to_signed64
 
 
 class Direction(NamedTuple):
-    """Everything that identifies one parameter's direction z within a run."""
+    """Everything that identifies one parameter's direction z within a run.
+
+    ``key`` depends only on (base_seed, step, query, param_id), so most samplers ignore the rest. The
+    tensor's place in the step (``index`` of ``count`` trainable tensors, in the optimizer's canonical
+    order: ascending ``param_id``; its first element at ``offset`` of ``total`` trainable elements) is for
+    samplers whose stream runs *across* tensors, as PeZO's hardware RNG array does.
+    """
 
     base_seed: int
     step: int
     query: int
     param_id: int
+    index: int = 0
+    count: int = 1
+    offset: int = 0
+    total: int = 0
 
     @property
     def key(self) -> int:

@@ -28,6 +28,7 @@ _MUL2 = 0x94D049BB133111EB
 STREAM_DIRECTION = 0
 STREAM_QUERY_SCALAR = 1
 STREAM_AUX = 2
+STREAM_TENSOR_SCALAR = 3
 
 
 def splitmix64(x: int) -> int:
@@ -70,6 +71,11 @@ def direction_key(base_seed: int, step: int, query: int, param_id: int) -> int:
 def query_scalar_key(base_seed: int, step: int, query: int) -> int:
     """Key of a per-query scalar shared by every tensor of that query (e.g. KerZOO's radius r)."""
     return mix(base_seed, STREAM_QUERY_SCALAR, step, query)
+
+
+def tensor_scalar_key(base_seed: int, step: int, query: int, param_id: int) -> int:
+    """Key of a per-tensor scalar of one query (e.g. the authors' KerZOO radius k, drawn per tensor)."""
+    return mix(base_seed, STREAM_TENSOR_SCALAR, step, query, param_id)
 
 
 def unit_uniform(key: int) -> float:

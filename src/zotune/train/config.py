@@ -47,11 +47,11 @@ class TrainConfig:
     dtype: str = _f("float32", "model dtype (float32 recommended: eps is below bf16 resolution)")
     objective: str = _f("auto", "auto, ce, lm, f1 or accuracy (the last two are non-differentiable)")
     weight_decay: float = _f(0.0, "decoupled weight decay")
-    n_queries: int = _f(1, "random directions per step")
+    n_queries: int | None = _f(None, "random directions per step (default: the method's: 1, the authors' KerZOO 3)")
     method_options: dict[str, Any] = field(
         default_factory=dict,
-        metadata={"help": "options of the method's components, e.g. {kernel_order: 5} for kerzoo, "
-                          "{pool_size: 65536} for pezo, {interval: 50} for dizo (config file only)"},
+        metadata={"help": "options of the method's components, e.g. {clip_norm: 1e5} or "
+                          "{kerzoo: {clip_norm: 1e5}}, {n_rngs: 16} for pezo, {interval: 50} for dizo (config file only)"},
     )
     eval_batch_size: int = _f(32, "examples per evaluation batch")
     max_new_tokens: int = _f(50, "generation length for QA tasks")
@@ -76,6 +76,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "num_train", "num_eval", "max_length", "eval_batch_size", "max_nonfinite", "n_queries"):
             value = getattr(self, name)
+            if name == "n_queries" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name in ("steps", "num_train") else 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.eval_every < 0:

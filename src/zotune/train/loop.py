@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from zotune.core.seeds import STREAM_AUX, mix
 from zotune.llm.evaluate import evaluate
 from zotune.llm.models import LoadedModel, load_model
 from zotune.llm.objectives import Scorer, resolve_objective
@@ -71,6 +72,21 @@ class BatchSampler:
         idx = self.order[self.pos: self.pos + self.batch_size]
         self.pos += self.batch_size
         return [int(i) for i in idx]
+
+
+_STREAM_FRESH_BATCHES = 0x46524553  # "FRES": keeps fresh batches apart from every other key
+
+
+def fresh_batch_indices(num_examples: int, batch_size: int, *, seed: int, step: int, iteration: int) -> list[int]:
+    """The batch a component's ``fresh_closure(step, iteration)`` sees (zotune.methods): ``batch_size``
+    distinct indices of ``range(num_examples)``, from a generator seeded by ``mix(seed, FRES, step,
+    iteration)``. A pure function of its arguments, so it neither advances nor depends on the training
+    batches, and a resumed run draws the same ones."""
+    if num_examples < 1 or batch_size < 1:
+        raise ValueError(f"need num_examples >= 1 and batch_size >= 1, got {num_examples} and {batch_size}")
+    generator = torch.Generator().manual_seed(mix(seed, STREAM_AUX, _STREAM_FRESH_BATCHES, step, iteration))
+    order = torch.randperm(num_examples, generator=generator)
+    return [int(i) for i in order[: min(batch_size, num_examples)]]
 
 
 def _device(name: str) -> torch.device:
@@ -145,19 +161,17 @@ def train(cfg: TrainConfig, *, loaded: LoadedModel | None = None, echo: Callable
     summary["trainable_params"] = sum(p.numel() for _, p in params)
     scorer = Scorer(model, loaded.tokenizer, cfg.max_length)
     method_options = dict(cfg.method_options)
-    if "dizo" in cfg.method.split("+") and "search_closure" not in method_options and splits.train:
-        # DiZO's gamma-search draws its own batches (as the official code does), from its own seed stream,
-        # so switching DiZO on leaves the training batches and MeZO's directions unchanged
-        from zotune.algorithms.dizo import search_batch_indices
 
-        def search_closure(step: int, iteration: int) -> Callable[[], torch.Tensor]:
-            indices = search_batch_indices(len(splits.train), cfg.batch_size, seed=cfg.seed, step=step, iteration=iteration)
-            search_batch = [splits.train[i] for i in indices]
-            return lambda: scorer.loss(search_batch, objective, max_new_tokens=cfg.max_new_tokens)
+    def fresh_closure(step: int, index: int) -> Callable[[], torch.Tensor]:
+        # a loss on a batch of its own, for any component that asks (DiZO's search does), drawn from a seed
+        # stream of its own so the training batches and the directions stay what they are without it
+        indices = fresh_batch_indices(len(splits.train), cfg.batch_size, seed=cfg.seed, step=step, iteration=index)
+        fresh_batch = [splits.train[i] for i in indices]
+        return lambda: scorer.loss(fresh_batch, objective, max_new_tokens=cfg.max_new_tokens)
 
-        method_options["search_closure"] = search_closure
     opt = zotune.build_optimizer(cfg.method, params, lr=cfg.resolved_lr, eps=cfg.resolved_eps,
                                  weight_decay=cfg.weight_decay, seed=cfg.seed, n_queries=cfg.n_queries,
+                                 total_steps=cfg.steps or None, fresh_closure=fresh_closure if splits.train else None,
                                  **method_options)
     sampler = BatchSampler(len(splits.train), cfg.batch_size, cfg.seed) if cfg.steps else None
     # The run folder is created only once everything that can fail on bad input has been built.
