@@ -94,3 +94,16 @@ def test_tasks_and_models_listings(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "smollm2-135m" in out and "gemma3-270m" in out
+
+
+@pytest.mark.parametrize("method, passes_per_step", [("kerzoo", 6), ("pezo", 2), ("momentum", 2), ("zo-adam", 2)])
+def test_train_runs_every_new_method_at_its_defaults(method, passes_per_step, tiny_dir, tmp_path, capsys):
+    """`--method` takes the authors' KerZOO (6 forward passes a step: three queries) and PeZO, momentum
+    and ZO-Adam, with their own defaults (no method option given)."""
+    out = tmp_path / method
+    rc = main(["train", "--model", str(tiny_dir), *CUSTOM, "--method", method, "--steps", "2", "--eval-every", "0",
+               "--batch-size", "2", "--num-train", "6", "--num-dev", "2", "--num-eval", "2", "--lr", "1e-4",
+               "--eps", "1e-2", "--no-zero-shot", "--out", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    result = last_json(capsys.readouterr().out)
+    assert result["forward_passes"] == 2 * passes_per_step

@@ -495,3 +495,21 @@ def test_bad_schedules_raise() -> None:
     optimizer.step(lambda: (w**2).sum())
     with pytest.raises(ValueError, match="r_max schedule at step 1"):
         optimizer.step(lambda: (w**2).sum())
+
+
+def test_trains_where_its_variance_allows() -> None:
+    """What the common matrix cannot run at MeZO's settings (optim_matrix.KERZOO_UNBIASED_VARIANCE): with 8
+    queries a step's variance is back at MeZO's scale and the quadratic converges at MeZO's lr; with one
+    query the MLP trains at half of MeZO's lr."""
+    problem = Quadratic()
+    optimizer = zotune.kerzoo_unbiased([problem.w], lr=0.01, eps=1e-3, n_queries=8, seed=3)
+    start = problem.loss().item()
+    for _ in range(400):
+        optimizer.step(problem.loss)
+    assert problem.loss().item() < 1e-3 * start
+    mlp = MLPRegression()
+    optimizer = zotune.kerzoo_unbiased(mlp.model.named_parameters(), lr=5e-3, eps=1e-3, seed=5)
+    start = mlp.loss().item()
+    for _ in range(500):
+        optimizer.step(mlp.loss)
+    assert mlp.loss().item() < 0.1 * start

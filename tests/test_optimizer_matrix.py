@@ -7,6 +7,8 @@ import copy
 import pytest
 import torch
 
+import zotune
+
 from optim_matrix import CASES, MethodCase
 from problems import MLPRegression, Quadratic
 
@@ -180,3 +182,22 @@ def test_nonfinite_loss_skips_update(case: MethodCase) -> None:
     torch.testing.assert_close(problem.w.detach(), before, rtol=0, atol=1e-6)
     optimizer.step(problem.loss)  # and training goes on
     assert optimizer.nonfinite_steps == 1
+
+
+def test_replay_of_the_records_rebuilds_the_weights(case: MethodCase) -> None:
+    """A run is its seed log: replaying the step records onto the base weights gives the trained weights
+    (or, for a method acting through forward passes a record does not hold, a clear refusal)."""
+    case.check_limits("test_replay_of_the_records_rebuilds_the_weights")
+    problem, base = MLPRegression(), MLPRegression()
+    optimizer = case.build(problem.model.named_parameters(), seed=4, record_trajectory=True, **case.mlp)
+    for step in range(8):
+        optimizer.step((lambda: problem.loss() * float("nan")) if step == 3 else problem.loss)
+    fresh = case.build(base.model.named_parameters(), seed=4, **case.mlp)
+    if optimizer.not_replayable():
+        with pytest.raises(ValueError, match="cannot replay this run"):
+            zotune.replay(fresh, optimizer.trajectory)
+        return
+    zotune.replay(fresh, optimizer.trajectory)
+    for p, q in zip(problem.model.parameters(), base.model.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(p, q) for p, q in zip(problem.model.parameters(), MLPRegression().model.parameters()))

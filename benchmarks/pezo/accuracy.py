@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--num-dev", type=int, default=100)
     parser.add_argument("--num-eval", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--methods", default="mezo,pezo")
+    parser.add_argument("--methods", default="mezo,pezo-block")  # the variant measured here (then named pezo)
     parser.add_argument("--runs", default="/tmp/pezo_runs")
     parser.add_argument("--out", default="benchmarks/pezo/results/accuracy_mr.json")
     args = parser.parse_args()

@@ -9,7 +9,8 @@ state (the classification objective zotune uses). All units run in one process, 
     floor      two forwards + three in-place adds over every parameter (p.add_(c)): what a step with a free
                sampler would cost (three passes: +eps, -2 eps, restore + update)
     mezo       a zotune MeZO step (counter-based Gaussian z, compiled; three regenerations)
-    pezo       a zotune PeZO step (default options: n = 2^16 uniform pool, block rotations)
+    pezo       a zotune pezo-block step (zotune's PeZO variant, default options: n = 2^16 uniform pool,
+               block rotations; the authors' scheme is zotune.pezo)
     *_passes   the same steps with a constant closure: the sampler's cost alone
 
 Usage: nice -n 10 python benchmarks/pezo/bench_step.py --rounds 7 --out benchmarks/pezo/results/step_smollm2.json
@@ -63,7 +64,7 @@ def main() -> None:
 
     optimizers = {
         "mezo": zotune.mezo(params, lr=1e-7, eps=1e-3, seed=1),
-        "pezo": zotune.pezo(params, lr=1e-7, eps=1e-3, seed=1, pool_size=args.pool_size),
+        "pezo": zotune.pezo_block(params, lr=1e-7, eps=1e-3, seed=1, pool_size=args.pool_size),
     }
     tensors = [p for _, p in params]
 

@@ -179,7 +179,7 @@ def compose(
     docstring). ``n_queries=None`` takes the estimator's default (1, the authors' KerZOO 3)."""
     own = split_options(components, options)
     setup = Setup(eps=eps, n_queries=n_queries, difference=difference, total_steps=total_steps, fresh_closure=fresh_closure)
-    built: list[Parts] = []
+    built: dict[str, Parts] = {}
     estimator: Estimator | None = None
     for c in components:  # the estimator first: the other parts see its number of queries
         if "estimator" in c.replaces:
@@ -187,17 +187,20 @@ def compose(
             if parts.estimator is None:
                 raise ValueError(f"method {c.name!r} says it replaces the estimator but built none")
             estimator = parts.estimator
-            built.append(parts)
+            built[c.name] = parts
     if estimator is None:
         estimator = TwoPointEstimator(eps=eps, n_queries=1 if n_queries is None else n_queries, difference=difference)
     setup = Setup(eps, estimator.n_queries, difference, total_steps, fresh_closure)
-    built += [c.build(setup, **own[c.name]) for c in components if "estimator" not in c.replaces]
-    for parts in built:
+    for c in components:
+        if c.name not in built:
+            built[c.name] = c.build(setup, **own[c.name])
+    built_in_order = [built[c.name] for c in components]  # transforms keep the order the method names them
+    for parts in built_in_order:
         if parts.sampler is not None:
             if sampler != "gaussian":
                 raise ValueError("this method provides the sampler; do not also pass sampler=")
             sampler = parts.sampler
-    contributed = [t for parts in built for t in parts.transforms] + list(extra_transforms)
+    contributed = [t for parts in built_in_order for t in parts.transforms] + list(extra_transforms)
     for transform in contributed:
         if transform.stage not in STAGES:
             raise ValueError(f"transform {transform!r} has stage {transform.stage!r}; expected one of {STAGES}")

@@ -10,7 +10,8 @@ and beta the decay, both give the bias-corrected exponential average
   steps so far) and an update costs K passes over the weights instead of one. This is zotitan's
   "seed_window" momentum (PyPI ``zotitan`` 0.1.0, ``train_zo.py`` ``_reconstruct_momentum_from_seeds``:
   weights beta^i normalised to sum 1), without its 1e-12 in the normaliser.
-* ``window=0``: a stored buffer, m <- beta m + (1 - beta) g, applied as m / (1 - beta^t) (zotitan's
+* ``window=0``: a stored buffer, m <- beta m + (1 - beta) g, applied as m / (1 - beta^t), t counting this
+  tensor's updates (zotitan's
   "stored_ema"; **one parameter-sized buffer**). With K at least the number of steps the two are equal
   (the normalised weights are exactly (1 - beta) beta^i / (1 - beta^t)); a test holds them to that.
 
@@ -55,6 +56,14 @@ def _fraction(name: str, value: Any) -> float:
     return float(value)
 
 
+def _count(ctx: StepContext, item: Trainable, key: str) -> int:
+    """This tensor's number of updates including the current one (kept in ``optimizer.state[param]``, so a
+    tensor trained only from some step on starts its bias correction there, as torch.optim does)."""
+    state = ctx.optimizer.state[item.param]
+    state[key] = int(state.get(key, 0)) + 1
+    return state[key]
+
+
 class Momentum(Transform):
     """Bias-corrected momentum over g_hat, rebuilt from the last ``window`` steps' seeds (``window > 0``,
     no parameter-sized state) or kept in a buffer (``window=0``, **one parameter-sized buffer**)."""
@@ -67,8 +76,19 @@ class Momentum(Transform):
         if isinstance(window, bool) or not isinstance(window, int) or window < 0:
             raise ValueError(f"window must be an integer >= 0 (0: a stored buffer), got {window!r}")
         self.window = window
+        self.keeps_terms = window > 0  # rebuilt from seeds: the update stays a sum of seeded terms
         self.history: deque[tuple[int, tuple[float, ...]]] = deque(maxlen=max(window - 1, 1))
-        self.updates = 0  # steps folded into the buffer (window=0)
+
+    def bind(self, optimizer: ZOOptimizer) -> None:
+        if not self.window:
+            return
+        before = optimizer.transforms[: optimizer.transforms.index(self)]
+        dense = [repr(t) for t in before if not t.keeps_terms]
+        if dense:
+            raise ValueError(
+                f"momentum rebuilt from seeds (window={self.window}) needs the raw estimate, but {dense[0]} comes "
+                "before it: name momentum first (e.g. 'momentum+kerzoo') or keep a buffer (window=0)"
+            )
 
     def config(self) -> dict[str, Any]:
         return {"beta": self.beta, "window": self.window}
@@ -95,20 +115,18 @@ class Momentum(Transform):
         buffer = self.buffer(ctx.optimizer, param, "buffer", lambda: torch.zeros_like(param, memory_format=torch.contiguous_format))
         dense = ctx.materialize(item, update)
         buffer.mul_(self.beta).add_(dense.to(buffer.dtype), alpha=1.0 - self.beta)
-        correction = 1.0 - self.beta ** (self.updates + 1)
+        correction = 1.0 - self.beta ** _count(ctx, item, "momentum.step")
         dense.copy_(buffer).div_(correction)
         return TensorUpdate([], dense, update.decay)
 
     def end_step(self, ctx: StepContext) -> None:
-        self.updates += 1
         if self.window > 1:
             self.history.append((ctx.step, tuple(ctx.coefficients)))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"updates": self.updates, "history": [(s, list(c)) for s, c in self.history]}
+        return {"history": [(s, list(c)) for s, c in self.history]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.updates = int(state["updates"])
         self.history.clear()
         self.history.extend((int(s), tuple(float(x) for x in c)) for s, c in state["history"])
 
@@ -128,7 +146,6 @@ class Adam(Transform):
         if isinstance(eps_adam, bool) or not isinstance(eps_adam, (int, float)) or not math.isfinite(eps_adam) or eps_adam <= 0:
             raise ValueError(f"eps_adam must be a finite number > 0, got {eps_adam!r}")
         self.eps_adam = float(eps_adam)
-        self.updates = 0
 
     def config(self) -> dict[str, Any]:
         return {"beta1": self.beta1, "beta2": self.beta2, "eps_adam": self.eps_adam}
@@ -142,7 +159,7 @@ class Adam(Transform):
         g = grad.to(exp_avg.dtype)
         exp_avg.mul_(self.beta1).add_(g, alpha=1.0 - self.beta1)
         exp_avg_sq.mul_(self.beta2).addcmul_(g, g, value=1.0 - self.beta2)
-        t = self.updates + 1
+        t = _count(ctx, item, "adam.step")  # per tensor, as torch.optim.Adam's state["step"]
         bias1 = 1.0 - self.beta1**t
         bias2 = 1.0 - self.beta2**t
         # the same arithmetic as torch.optim.Adam's single-tensor path: m / b1 / (sqrt(v) / sqrt(b2) + eps)
@@ -150,15 +167,6 @@ class Adam(Transform):
         torch.div(exp_avg, denominator, out=denominator)
         grad.copy_(denominator).div_(bias1)
         return TensorUpdate([], grad, update.decay)
-
-    def end_step(self, ctx: StepContext) -> None:
-        self.updates += 1
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"updates": self.updates}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.updates = int(state["updates"])
 
     def __repr__(self) -> str:
         return f"Adam(beta1={self.beta1}, beta2={self.beta2}, eps_adam={self.eps_adam})"

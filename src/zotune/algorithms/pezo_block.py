@@ -130,7 +130,7 @@ class PeZOBlockSampler(Sampler):
         chunk: elements per gather for ``index_map="hash"`` (bounds its scratch memory).
     """
 
-    name = "pezo"
+    name = "pezo-block"
 
     def __init__(
         self,

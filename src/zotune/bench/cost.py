@@ -52,7 +52,7 @@ class CostConfig:
 
     model: str = "smollm2-135m"
     peft: str = "full"
-    methods: list[str] = field(default_factory=lambda: ["mezo", "kerzoo", "pezo", "dizo", "kerzoo+pezo+dizo"])
+    methods: list[str] = field(default_factory=lambda: ["mezo", "kerzoo", "kerzoo-unbiased", "pezo", "pezo-block", "dizo", "momentum", "zo-adam", "kerzoo+pezo+dizo"])
     batch: int = 16
     length: int = 64
     rounds: int = 3

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 import zotune
+from zotune.core.optimizer import StepContext
 from zotune.core.samplers import Direction
 from zotune.reference import mezo_global_rng_draw, reference_mezo_step
 
@@ -98,8 +99,9 @@ def time_step_costs(
     def one_pass(optimizer: zotune.ZOOptimizer) -> Callable[[], None]:
         def run() -> None:
             with torch.no_grad():
-                for item in optimizer.trainable():
-                    optimizer.sampler.apply_(item.param, Direction(0, 10**6, 0, item.param_id), 0.0)
+                context = StepContext(optimizer, 10**6, optimizer.trainable())
+                for item in context.params:
+                    optimizer.sampler.apply_(item.param, context.direction(0, item), 0.0)
 
         return run
 

@@ -17,7 +17,7 @@ from zotune.cli._common import add_data_flags, run_guarded
 _FLAGS: list[tuple[str, str, type, str]] = [
     ("--model", "model", str, "model alias (zotune models), hub id or local folder [smollm2-135m]"),
     ("--task", "task", str, "task name (zotune tasks) [mr]"),
-    ("--method", "method", str, "ZO method, e.g. mezo [mezo]"),
+    ("--method", "method", str, "ZO method: {methods}, or several joined with + (e.g. kerzoo+pezo+dizo) [mezo]"),
     ("--peft", "peft", str, "full, lora or prefix [prefix]"),
     ("--steps", "steps", int, "optimizer steps"),
     ("--lr", "lr", float, "learning rate (default: per --peft)"),
@@ -51,7 +51,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="TOML or YAML file of options (flags override it)")
+    from zotune.methods import available_methods
+
     for flag, dest, typ, help_text in _FLAGS:
+        help_text = help_text.replace("{methods}", ", ".join(available_methods()))
         parser.add_argument(flag, dest=dest, type=typ, default=None, help=help_text)
     add_data_flags(parser)
     parser.add_argument("--overwrite", action="store_true", default=None, help="replace an existing --out folder")

@@ -59,6 +59,7 @@ class StepRecord(NamedTuple):
     coefficients: tuple[float, ...]
     lrs: tuple[float, ...]  # one per param group, as used in this step
     weight_decays: tuple[float, ...]  # one per param group
+    finite: bool = True  # False: the step was dropped (a non-finite loss) and changed nothing
 
 
 class Trainable(NamedTuple):
@@ -361,6 +362,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             coefficients=estimate.coefficients,
             lrs=tuple(float(g["lr"]) for g in self.param_groups),
             weight_decays=tuple(float(g["weight_decay"]) for g in self.param_groups),
+            finite=estimate.finite,
         )
         self.last_record = record
         if self.trajectory is not None:
@@ -388,6 +390,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         blocked = self.not_replayable()
         if blocked:
             raise ValueError(f"cannot replay: {', '.join(blocked)} acts through forward passes a record does not hold")
+        if not record.finite:
+            return  # a dropped step changed nothing in training (no update, no decay, no transform state)
         saved = [(g["lr"], g["weight_decay"]) for g in self.param_groups]
         try:
             for group, lr, wd in zip(self.param_groups, record.lrs, record.weight_decays, strict=True):

@@ -78,12 +78,16 @@ class Transform(ABC):
             forward-pass search): :func:`zotune.core.replay.replay` then refuses the optimizer.
         period: steps between the transform's periodic forward-pass work (0: it has none); benchmarks
             time :meth:`periodic_work` and amortise it over the period.
+        keeps_terms: True if ``update`` returns an update still held as seeded terms when given one (no
+            dense part); a transform that rebuilds past steps from their seeds must come before any
+            transform that does not.
     """
 
     name: str = "transform"
     stage: str = "update"
     replayable: bool = True
     period: int = 0
+    keeps_terms: bool = False
 
     def config(self) -> dict[str, Any]:
         """The transform's settings (saved in the optimizer's state dict, compared on load)."""
@@ -142,6 +146,7 @@ class LearningRate(Transform):
     """``update *= -group['lr']``: ZO-SGD with the group's (possibly scheduled) learning rate."""
 
     name = "lr"
+    keeps_terms = True
 
     def update(self, ctx: StepContext, item: Trainable, update: TensorUpdate) -> TensorUpdate:
         return update.scaled(-float(ctx.group(item)["lr"]))
@@ -163,6 +168,7 @@ class DecoupledWeightDecay(Transform):
     """
 
     name = "weight_decay"
+    keeps_terms = True
 
     def __init__(self, mask: Callable[[torch.Tensor], bool] = matrices_only) -> None:
         self.mask = mask
