@@ -43,3 +43,16 @@ class MLPRegression:
 
     def loss(self) -> torch.Tensor:
         return torch.nn.functional.mse_loss(self.model(self.x), self.y)
+
+
+def mean_step_from_a_fixed_point(optimizer: torch.optim.Optimizer, problem: Quadratic, samples: int) -> torch.Tensor:
+    """The mean of theta_before - theta_after over ``samples`` steps, each from the same point (the weights
+    are put back after every step): with lr = 1 and no other transform, the mean gradient estimate."""
+    start = problem.w.detach().clone()
+    total = torch.zeros_like(start)
+    for _ in range(samples):
+        optimizer.step(problem.loss)
+        total += start - problem.w.detach()
+        with torch.no_grad():
+            problem.w.copy_(start)
+    return total / samples

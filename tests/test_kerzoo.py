@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import zotune
-from problems import MLPRegression, Quadratic
+from problems import MLPRegression, Quadratic, mean_step_from_a_fixed_point
 from zotune.algorithms.kerzoo import KerZOOEstimator, TwoSequenceAveraging, authors_kernel
 from zotune.reference import reference_kerzoo_step
 
@@ -99,20 +99,13 @@ def test_mean_estimate_is_the_gradient_times_E_kK(initial_interval: float) -> No
     problem = Quadratic(dim=8, dtype=torch.float64)
     with torch.no_grad():
         problem.w.copy_(torch.linspace(-1.0, 1.0, 8, dtype=torch.float64))
-    start = problem.w.detach().clone()
     gradient = problem.gradient()
     optimizer = zotune.kerzoo(
         [problem.w], lr=1.0, eps=1e-3, seed=11, clip_norm=None, averaging_rate=None,
         initial_interval=initial_interval, horizon=10**9,
     )
     samples = 3000
-    total = torch.zeros_like(start)
-    for _ in range(samples):
-        optimizer.step(problem.loss)
-        total += start - problem.w.detach()
-        with torch.no_grad():
-            problem.w.copy_(start)
-    mean = total / samples
+    mean = mean_step_from_a_fixed_point(optimizer, problem, samples)
     a = initial_interval
     scale = 25 * a**2 - 21 * a**4
     second_moment = 225 * (25 * a**4 / 5 - 70 * a**6 / 7 + 49 * a**8 / 9)  # E[(k K(k))^2]

@@ -10,7 +10,7 @@ import torch
 import zotune
 
 from optim_matrix import CASES, MethodCase
-from problems import MLPRegression, Quadratic
+from problems import MLPRegression, Quadratic, mean_step_from_a_fixed_point
 
 pytestmark = pytest.mark.parametrize("case", CASES, ids=str)
 
@@ -47,18 +47,11 @@ def test_mean_estimate_matches_true_gradient(case: MethodCase) -> None:
     problem = Quadratic(dim=8, dtype=torch.float64)
     with torch.no_grad():
         problem.w.copy_(torch.linspace(-1.0, 1.0, 8, dtype=torch.float64))
-    start = problem.w.detach().clone()
     true_gradient = problem.gradient()
     options = dict(case.quadratic, lr=1.0)
     optimizer = case.build([problem.w], seed=11, **options)
     samples = 3000
-    total = torch.zeros_like(start)
-    for _ in range(samples):
-        optimizer.step(problem.loss)
-        total += start - problem.w.detach()
-        with torch.no_grad():
-            problem.w.copy_(start)
-    mean = total / samples
+    mean = mean_step_from_a_fixed_point(optimizer, problem, samples)
     queries = getattr(optimizer.estimator, "n_queries", 1)
     stderr = (case.variance_factor * (true_gradient.norm() ** 2 + 2 * true_gradient**2) / (samples * queries)).sqrt()
     tolerance = 5 * stderr

@@ -33,7 +33,9 @@ def cost_table(record: dict[str, Any], memory: dict[str, Any] | None = None) -> 
     lines = [
         f"**{cfg['model']}, {cfg['peft']}** ({record['trainable_params']:,} trainable parameters, batch {cfg['batch']} x "
         f"{cfg['length']} tokens, full-vocabulary loss, {record['threads']} threads, median of {cfg['rounds']} interleaved "
-        f"rounds; two forward passes = {floor:.3f} s)",
+        f"rounds; two forward passes = {floor:.3f} s"
+        + (f"; CPU {record['cpu_model']}, {record['cpu_capability']}" if "cpu_capability" in record else "")
+        + ")",
         "",
         "| variant | s / step | ÷ two forwards | forward passes / step | random numbers / step | optimizer state MiB | peak memory ÷ inference |",
         "|---|---|---|---|---|---|---|",
