@@ -73,7 +73,7 @@ KERZOO_UNBIASED_VARIANCE = (
 )
 ADAM_FLOOR = (
     "Adam steps ~lr per coordinate whatever the gradient's size: at the problem's lr its noise floor on the "
-    "quadratic is 4% of the start (measured), above the 1e-3 bar; it trains the MLP here, and test_moments.py "
+    "quadratic stays above the 1e-3 bar (a noise floor of order lr); it trains the MLP here, and test_moments.py "
     "holds it equal to torch.optim.Adam fed the same estimates"
 )
 ADAM_MEAN = "its update is m / sqrt(v), not an estimate of the gradient"

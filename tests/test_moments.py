@@ -396,7 +396,7 @@ def test_replay_through_a_nonfinite_step_reproduces_trained_weights(name: str) -
 
 def test_zo_adam_with_linear_decay_trains_the_quadratic() -> None:
     """Adam's steps are ~lr per coordinate whatever the gradient: a decaying lr removes the noise floor
-    that keeps it at ~4% of the start at a constant lr (optim_matrix.ADAM_FLOOR)."""
+    that keeps it above the matrix's 1e-3 bar at a constant lr (optim_matrix.ADAM_FLOOR)."""
     problem = Quadratic()
     optimizer = zotune.zo_adam([problem.w], lr=0.05, eps=EPS, seed=3)
     schedule = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=400)
