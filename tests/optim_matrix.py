@@ -72,7 +72,7 @@ KERZOO_UNBIASED_VARIANCE = (
     "test_kerzoo_unbiased.py trains the quadratic with 8 queries and the MLP at half the lr"
 )
 ADAM_FLOOR = (
-    "Adam steps ~lr per coordinate whatever the gradient's size: at the problem's lr its noise floor on the "
+    "Adam steps ~lr per coordinate whatever the gradient's size: at the problem's lr its error on the "
     "quadratic stays above the 1e-3 bar (a noise floor of order lr); it trains the MLP here, and test_moments.py "
     "holds it equal to torch.optim.Adam fed the same estimates"
 )
