@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.tiny import save_tiny
 from zotune.bench.convergence import (
     ConvergenceConfig,
     RunKey,
@@ -161,11 +160,6 @@ def test_report_writes_tables_and_plot(tmp_path):
 
 
 # --- end to end on a tiny model ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return save_tiny(tmp_path_factory.mktemp("tiny") / "llama")
 
 
 def test_run_study_end_to_end_and_resume(tiny_dir, tmp_path):

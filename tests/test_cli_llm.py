@@ -67,7 +67,7 @@ def test_zero_shot_eval_of_hub_schema_task_and_scoring_measurement(tiny_dir, cap
      "data file not found"),
     (["train", "--config", "/nonexistent/cfg.toml"], "config file not found"),
     (["eval", "--checkpoint", "/nonexistent/run"], "checkpoint folder not found"),
-    (["train", "--peft", "adapter"], "unknown peft mode 'adapter'"),
+    (["train", "--peft", "adapter"], "unknown peft 'adapter'; use one of full, lora, prefix"),
 ])
 def test_errors_are_one_clear_line(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "x")] if argv[0] == "train" else argv) == 2

@@ -222,3 +222,21 @@ def test_known_answer_vectors(name: str) -> None:
     flat = torch.zeros(8)  # the in-place pass (compiled where available) regenerates the same numbers
     sampler.add_(flat, DIRECTION, 1.0)
     torch.testing.assert_close(flat, expected, rtol=0, atol=1e-5)
+
+
+def test_a_dropped_step_does_not_decay_and_float64_losses_keep_their_precision() -> None:
+    """A non-finite loss changes nothing, weight decay included; a float64 closure's difference quotient is
+    taken in float64 (a loss difference below float32's resolution still moves the weights)."""
+    w = torch.nn.Parameter(torch.full((64,), 3.0))
+    optimizer = zotune.mezo([w], lr=1e-2, eps=1e-3, weight_decay=0.5)
+    before = w.detach().clone()
+    optimizer.step(lambda: torch.tensor(float("nan")))
+    torch.testing.assert_close(w.detach(), before, rtol=0, atol=1e-6)
+    assert optimizer.nonfinite_steps == 1
+
+    big = torch.nn.Parameter(torch.zeros(8, dtype=torch.float64))
+    offset = 1e8  # float32 spacing at 1e8 is 8: the loss differences below are lost in float32
+    optimizer = zotune.mezo([big], lr=1.0, eps=1e-3, seed=3)
+    optimizer.step(lambda: offset + big.sum())
+    g = optimizer.last_record.coefficients[0]
+    assert g != 0.0 and optimizer.last_step_losses[0] - offset != 0.0

@@ -37,8 +37,9 @@ def test_real_model_candidate_scoring_equals_full_logits(smollm2):
 
 
 def test_real_model_short_run_on_mr(smollm2, tmp_path):
-    cfg = TrainConfig(model="smollm2-135m", task="mr", peft="lora", steps=3, eval_every=0, num_train=8, num_dev=4,
-                      num_eval=8, batch_size=4, max_length=64, out=str(tmp_path / "run"), progress=False)
+    cfg = TrainConfig.from_flat(model="smollm2-135m", task="mr", peft="lora", steps=3, eval_every=0, num_train=8, num_dev=4,
+                      num_eval=8, batch_size=4, max_length=64, out=str(tmp_path / "run"), progress=False,
+                      zero_shot=False)  # 3 steps at lr 1e-4 do not beat the zero-shot model, which would be kept
     summary = train(cfg, loaded=smollm2)
     assert summary["status"] == "completed" and summary["forward_passes"] == 6
     assert summary["trainable_params"] == 460_800  # LoRA r=8 on q_proj and v_proj of 30 layers

@@ -194,3 +194,66 @@ def test_replay_of_the_records_rebuilds_the_weights(case: MethodCase) -> None:
     for p, q in zip(problem.model.parameters(), base.model.parameters(), strict=True):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
     assert any(not torch.equal(p, q) for p, q in zip(problem.model.parameters(), MLPRegression().model.parameters()))
+
+
+class _ProbeFailure(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("failing_call", [1, 2])
+def test_a_closure_that_raises_leaves_the_model_and_the_optimizer_as_they_were(case: MethodCase, failing_call: int) -> None:
+    """Out of memory, Ctrl-C or a bad batch during a probe: the weights are put back before the exception
+    leaves ``step`` (not left displaced by +-eps z), no state moves, and training continues as if the
+    failed step had never been tried."""
+    problem, twin = Quadratic(), Quadratic()
+    optimizer = case.build([problem.w], **case.quadratic)
+    reference = case.build([twin.w], **case.quadratic)
+    for opt, prob in ((optimizer, problem), (reference, twin)):
+        opt.step(prob.loss)
+    before = problem.w.detach().clone()
+    state = copy.deepcopy(optimizer.state_dict())
+    calls = 0
+
+    def failing() -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == failing_call:
+            raise _ProbeFailure("boom")
+        return problem.loss()
+
+    with pytest.raises(_ProbeFailure):
+        optimizer.step(failing)
+    torch.testing.assert_close(problem.w.detach(), before, rtol=0, atol=1e-6)
+    after = optimizer.state_dict()
+    assert after["zo"]["step"] == state["zo"]["step"]
+    torch.testing.assert_close(after["state"], state["state"], rtol=0, atol=0)
+    for opt, prob in ((optimizer, problem), (reference, twin)):
+        opt.step(prob.loss)
+    torch.testing.assert_close(problem.w.detach(), twin.w.detach(), rtol=0, atol=1e-6)
+
+
+def test_replaying_the_logged_losses_rebuilds_the_weights_bit_for_bit(case: MethodCase) -> None:
+    """The seed log of a run (probe losses and hyperparameters per step) reproduces the trained weights
+    exactly, dropped steps and stateful transforms included, with a learning rate that changed mid-run."""
+    from zotune.core.replay import LoggedStep, replay_losses
+
+    problem, base = MLPRegression(), MLPRegression()
+    optimizer = case.build(problem.model.named_parameters(), seed=4, **case.mlp)
+    log = []
+    for step in range(8):
+        if step == 5:
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.5
+        optimizer.step((lambda: problem.loss() * float("nan")) if step == 3 else problem.loss)
+        log.append(LoggedStep(step, tuple(optimizer.last_step_losses),
+                              tuple(g["lr"] for g in optimizer.param_groups),
+                              tuple(g["weight_decay"] for g in optimizer.param_groups)))
+    fresh = case.build(base.model.named_parameters(), seed=4, **case.mlp)
+    if optimizer.not_replayable():
+        with pytest.raises(ValueError, match="cannot replay this run"):
+            replay_losses(fresh, log)
+        return
+    assert replay_losses(fresh, log) == 8
+    for p, q in zip(problem.model.parameters(), base.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert any(not torch.equal(p, q) for p, q in zip(problem.model.parameters(), MLPRegression().model.parameters()))

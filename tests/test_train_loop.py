@@ -8,27 +8,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures.tiny import save_tiny
 from zotune.llm.evaluate import evaluate
 from zotune.llm.models import load_model
 from zotune.llm.objectives import Scorer
 from zotune.train.config import TrainConfig, load_config_file, resolve_config
 from zotune.train.loop import BatchSampler, TrainingDiverged, prepare_data, resolve_task, train
-from zotune.train.run_folder import load_checkpoint
+from zotune.train.checkpoint import load_checkpoint
 
 FIX = Path(__file__).parent / "fixtures"
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return save_tiny(tmp_path_factory.mktemp("tiny") / "llama")
 
 
 def config(tiny_dir: Path, out: Path, **kw) -> TrainConfig:
     base = dict(model=str(tiny_dir), data=str(FIX / "custom" / "reviews.jsonl"), template="Review: {review}\nIt was",
                 label_words="neg=terrible,pos=great", label_field="sentiment", steps=4, eval_every=2, num_train=6,
-                num_dev=2, num_eval=2, batch_size=2, lr=1e-2, eps=1e-2, out=str(out), progress=False)
-    return TrainConfig(**{**base, **kw})
+                num_dev=2, num_eval=2, batch_size=2, lr=1e-2, eps=1e-2, out=str(out), progress=False,
+                zero_shot=False)  # the random tiny model's zero-shot dev ties the trained steps and would win
+    return TrainConfig.from_flat(**{**base, **kw})
 
 
 def test_run_folder_contents_and_checkpoint_reload(tiny_dir, tmp_path):
@@ -44,9 +39,9 @@ def test_run_folder_contents_and_checkpoint_reload(tiny_dir, tmp_path):
     assert any("dev_accuracy" in r for r in records)
     saved = json.loads((run / "summary.json").read_text())
     assert saved["status"] == "completed" and saved["forward_passes"] == 8 and saved["steps"] == 4
-    for key in ("zero_shot", "final", "wall_seconds", "peak_memory_mb", "best_step", "trainable_params"):
+    for key in ("final", "wall_seconds", "peak_memory_mb", "best_step", "trainable_params", "seed_log_bytes"):
         assert key in saved
-    assert "accuracy" in saved["zero_shot"]["test"] and "accuracy" in saved["final"]["test"]
+    assert "accuracy" in saved["final"]["test"] and saved["best_step"] > 0
     files = {p.name for p in (run / "checkpoint").iterdir()}
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files  # adapter only
     # the best checkpoint reloads onto a fresh base model and reproduces the final test metric
@@ -54,7 +49,7 @@ def test_run_folder_contents_and_checkpoint_reload(tiny_dir, tmp_path):
     model = load_checkpoint(loaded.model, run / "checkpoint")
     task = resolve_task(cfg)
     splits = prepare_data(cfg, task)
-    again = evaluate(Scorer(model, loaded.tokenizer, cfg.max_length), task, splits.test)
+    again = evaluate(Scorer(model, loaded.tokenizer, cfg.data.max_length), task, splits.test)
     assert again["accuracy"] == summary["final"]["test"]["accuracy"]
     resolved = (run / "config.yaml").read_text()
     assert "lr: 0.01" in resolved and "objective: ce" in resolved
@@ -105,7 +100,7 @@ def test_nonfinite_losses_stop_the_run_and_keep_the_checkpoint(tiny_dir, tmp_pat
 
 def test_bad_input_leaves_no_run_folder(tiny_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown task"):
-        train(TrainConfig(task="nope", out=str(tmp_path / "a"), progress=False))
+        train(TrainConfig.from_flat(task="nope", out=str(tmp_path / "a"), progress=False))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"review": "fine", "sentiment": "pos"}\n{"review": "hmm", "sentiment": "maybe"}\n')
     with pytest.raises(ValueError, match="line 2: label 'maybe' is not among the candidates"):
@@ -117,7 +112,7 @@ def test_bad_input_leaves_no_run_folder(tiny_dir, tmp_path):
     assert not any((tmp_path / name).exists() for name in "abcd")
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "summary.json").write_text("{}")
-    with pytest.raises(FileExistsError, match="already exists"):
+    with pytest.raises(FileExistsError, match="is not empty and is not a zotune run folder"):
         train(config(tiny_dir, tmp_path / "e"))
 
 
@@ -127,9 +122,9 @@ def test_config_files_and_overrides(tmp_path):
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text("train:\n  task: rte\n  peft: prefix\n")
     cfg = resolve_config(load_config_file(toml), {"steps": 9, "seed": None})
-    assert (cfg.task, cfg.steps, cfg.batch_size, cfg.resolved_lr) == ("bbc", 9, 4, 1e-3)
+    assert (cfg.data.task, cfg.run.steps, cfg.method.batch_size, cfg.resolved_lr) == ("bbc", 9, 4, 1e-3)
     cfg = resolve_config(load_config_file(yaml_file))
-    assert (cfg.task, cfg.peft, cfg.resolved_lr, cfg.resolved_eps) == ("rte", "prefix", 2e-2, 1e-1)
+    assert (cfg.data.task, cfg.model.peft, cfg.resolved_lr, cfg.resolved_eps) == ("rte", "prefix", 2e-2, 1e-1)
     bad = tmp_path / "bad.toml"
     bad.write_text("steps = = 3\n")
     with pytest.raises(ValueError, match="malformed config file"):
@@ -137,9 +132,9 @@ def test_config_files_and_overrides(tmp_path):
     with pytest.raises(ValueError, match="unknown option\\(s\\) in config file: stepz"):
         resolve_config({"stepz": 3})
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
-        TrainConfig(batch_size=0)
-    with pytest.raises(ValueError, match="unknown peft mode"):
-        TrainConfig(peft="adapter")
+        TrainConfig.from_flat(batch_size=0)
+    with pytest.raises(ValueError, match="unknown peft 'adapter'; use one of full, lora, prefix"):
+        TrainConfig.from_flat(peft="adapter")
 
 
 def test_batch_sampler_is_seeded_and_covers_each_epoch():
@@ -190,7 +185,7 @@ def test_combined_method_with_options_and_dizo_search_batches(tiny_dir, tmp_path
     summary = train(cfg)
     assert summary["forward_passes"] == 4 * 2 + 2 * (2 * 3)  # two DiZO cycles of 3 probe pairs
     # the options reached their components; the loop handed every component the same generic inputs
-    (options, opt), = built
+    (options, opt), = built[-1:]  # the first build is the stand-in check before the model loads
     assert opt.estimator.kernel_order == 5 and opt.sampler.pool_size == 1024
     projection, = [t for t in opt.transforms if t.name == "dizo"]
     assert (projection.interval, projection.search_iters) == (2, 3)

@@ -40,7 +40,7 @@ def main() -> None:
     summaries = {}
     for method in args.methods.split(","):
         loaded.model.load_state_dict(base)  # every method starts from the same weights
-        cfg = TrainConfig(
+        cfg = TrainConfig.from_flat(
             model=args.model, task=args.task, method=method, peft=args.peft, steps=args.steps, lr=args.lr,
             eps=args.eps, batch_size=args.batch_size, max_length=args.max_length, num_dev=args.num_dev,
             num_eval=args.num_eval, eval_every=max(args.steps // 2, 1), threads=args.threads,

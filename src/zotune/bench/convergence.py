@@ -78,7 +78,7 @@ class ConvergenceConfig:
         owned = {"model", "task", "method", "peft", "steps", "lr", "eps", "batch_size", "eval_every", "seed", "out",
                  "num_train", "num_dev", "num_eval", "max_length", "threads", "method_options", "zero_shot",
                  "progress", "overwrite"}
-        bad = sorted(set(self.train_options) - (set(TrainConfig.field_names()) - owned))
+        bad = sorted(set(self.train_options) - (set(TrainConfig().flat()) - owned))
         if bad:
             raise ValueError(f"train_options cannot set {', '.join(bad)} (unknown, or a field of the study itself)")
         unknown = sorted(set(self.method_options) - set(self.methods))
@@ -154,7 +154,7 @@ def planned_runs(cfg: ConvergenceConfig, records: list[dict[str, Any]], part: st
 def _train_config(cfg: ConvergenceConfig, key: RunKey, out: Path, zero_shot: bool) -> Any:
     from zotune.train.config import TrainConfig
 
-    return TrainConfig(
+    return TrainConfig.from_flat(
         model=cfg.model, task=cfg.task, method=key.method, peft=cfg.peft, steps=cfg.steps, lr=key.lr, eps=cfg.eps,
         batch_size=cfg.batch_size, eval_every=cfg.eval_every, seed=key.seed, out=str(out), num_train=cfg.num_train,
         num_dev=cfg.num_dev, num_eval=cfg.num_eval, max_length=cfg.max_length, threads=cfg.threads,

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # name of the module inside zotune.cli for each subcommand, in the order `zotune --help` lists them
-_SUBCOMMANDS: tuple[str, ...] = ("demo", "bench", "train", "eval", "tasks", "models")
+_SUBCOMMANDS: tuple[str, ...] = ("demo", "bench", "train", "eval", "replay", "tasks", "models", "methods")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,29 +12,26 @@ import statistics
 import sys
 import time
 
-from zotune.cli._common import add_data_flags, run_guarded
+from zotune.cli._common import add_config_flags, given_flags, run_guarded
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("eval", help="evaluate a model (zero-shot) or a checkpoint on a task",
                                    description=__doc__)
-    parser.add_argument("--model", help="model alias, hub id or local folder (default: the checkpoint's, else smollm2-135m)")
-    parser.add_argument("--task", help="task name (default: the checkpoint's, else mr)")
-    parser.add_argument("--checkpoint", help="a run's checkpoint folder (or the run folder itself)")
+    parser.add_argument("--checkpoint", help="a run folder or its checkpoint folder: the run's model, data, template, "
+                                             "split sizes and seed (config.yaml) are used unless a flag says otherwise")
     parser.add_argument("--split", choices=("test", "dev"), default="test", help="which split to score [test]")
-    parser.add_argument("--num-eval", type=int, default=500, help="test examples [500]")
-    parser.add_argument("--num-dev", type=int, default=200, help="dev examples [200]")
-    parser.add_argument("--seed", type=int, default=0, help="data sampling seed [0]")
-    parser.add_argument("--batch-size", type=int, default=32, help="evaluation batch size [32]")
-    parser.add_argument("--max-length", type=int, default=128, help="max tokens per sequence [128]")
-    parser.add_argument("--max-new-tokens", type=int, default=50, help="generation length [50]")
-    parser.add_argument("--dtype", default="float32", help="model dtype [float32]")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--measure-scoring", action="store_true",
                         help="time full-vocabulary vs candidate-only scoring on one batch")
-    add_data_flags(parser)
+    add_config_flags(parser, only=_EVAL_KEYS)
     parser.set_defaults(func=run)
     return parser
+
+
+# the options evaluation uses; the rest of a run's config (method, steps, ...) does not change a score
+_EVAL_KEYS = {"model", "dtype", "peft", "task", "num_dev", "num_eval", "max_length", "max_new_tokens", "eval_batch_size",
+              "data", "test_data", "template", "label_words", "label_field", "answer_field", "data_dir", "seed",
+              "threads", "device", "progress"}
 
 
 def _measure(scorer, examples, repeats: int = 3) -> dict[str, float]:
@@ -70,50 +67,63 @@ def _measure(scorer, examples, repeats: int = 3) -> dict[str, float]:
     return out
 
 
+def _checkpoint_and_config(args: argparse.Namespace):
+    """The checkpoint folder and the config to evaluate with: the run's (when the checkpoint sits in a run
+    folder), then the flags the user typed."""
+    from pathlib import Path
+
+    from zotune.train.checkpoint import CHECKPOINT_DIR, checkpoint_meta
+    from zotune.train.config import resolve_config
+    from zotune.train.loop import load_run_config
+
+    flags = given_flags(args)
+    ckpt, run_values = None, {}
+    if args.checkpoint:
+        ckpt = Path(args.checkpoint)
+        if (ckpt / CHECKPOINT_DIR).is_dir():
+            ckpt = ckpt / CHECKPOINT_DIR
+        if not ckpt.is_dir():
+            raise FileNotFoundError(f"checkpoint folder not found: {args.checkpoint}")
+        meta = checkpoint_meta(ckpt)
+        if (ckpt.parent / "config.yaml").is_file():
+            run_values = {k: v for k, v in load_run_config(ckpt.parent).flat().items() if k in _EVAL_KEYS}
+        else:  # a checkpoint copied out of its run folder: its own record of model and task
+            run_values = {"model": meta.get("model"), "task": meta.get("task")}
+    cfg = resolve_config(run_values, {**flags, "num_train": 0})
+    return ckpt, cfg
+
+
 def run(args: argparse.Namespace) -> int:
     def body() -> int:
-        from pathlib import Path
-
         import torch
 
         from zotune.llm.evaluate import evaluate
         from zotune.llm.models import load_model
         from zotune.llm.objectives import Scorer
-        from zotune.train.config import TrainConfig
+        from zotune.train.checkpoint import load_checkpoint
         from zotune.train.loop import prepare_data, resolve_task
-        from zotune.train.run_folder import CHECKPOINT_DIR, checkpoint_meta, load_checkpoint
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        meta: dict = {}
-        ckpt = None
-        if args.checkpoint:
-            ckpt = Path(args.checkpoint)
-            if (ckpt / CHECKPOINT_DIR).is_dir():
-                ckpt = ckpt / CHECKPOINT_DIR
-            if not ckpt.is_dir():
-                raise FileNotFoundError(f"checkpoint folder not found: {args.checkpoint}")
-            meta = checkpoint_meta(ckpt)
-        cfg = TrainConfig(
-            model=args.model or meta.get("model", "smollm2-135m"), task=args.task or meta.get("task", "mr"),
-            num_train=0, num_dev=args.num_dev if args.split == "dev" else 0, num_eval=args.num_eval,
-            seed=args.seed, max_length=args.max_length, data=args.data, test_data=args.test_data,
-            template=args.template, label_words=args.label_words, label_field=args.label_field or "label",
-            answer_field=args.answer_field, data_dir=args.data_dir,
-        )
+        ckpt, cfg = _checkpoint_and_config(args)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        if args.split == "test":
+            cfg.data.num_dev = 0
         task = resolve_task(cfg)
         splits = prepare_data(cfg, task)
         examples = splits.dev if args.split == "dev" else splits.test
-        loaded = load_model(cfg.model, dtype=args.dtype, quiet=False)
+        if not examples:
+            raise ValueError(f"the {args.split} split is empty (--num-dev / --num-eval)")
+        loaded = load_model(cfg.model.name, dtype=cfg.model.dtype, quiet=False)
         model = loaded.model
         if ckpt is not None:
             model = load_checkpoint(model, ckpt)
         model.eval()
-        scorer = Scorer(model, loaded.tokenizer, cfg.max_length)
+        scorer = Scorer(model, loaded.tokenizer, cfg.data.max_length)
         start = time.perf_counter()
-        metrics = evaluate(scorer, task, examples, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                           progress=sys.stderr.isatty(), desc=args.split)
-        result = {"model": cfg.model, "task": task.name, "split": args.split, "checkpoint": str(ckpt) if ckpt else None,
+        metrics = evaluate(scorer, task, examples, batch_size=cfg.data.eval_batch_size,
+                           max_new_tokens=cfg.data.max_new_tokens, progress=cfg.run.progress and sys.stderr.isatty(),
+                           desc=args.split)
+        result = {"model": cfg.model.name, "task": task.name, "split": args.split, "checkpoint": str(ckpt) if ckpt else None,
                   **metrics, "seconds": round(time.perf_counter() - start, 2)}
         if args.measure_scoring:
             if task.kind == "generation":

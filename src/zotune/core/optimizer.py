@@ -203,6 +203,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.random_numbers_drawn = 0
         self.last_step_random_numbers = 0
         self.last_record: StepRecord | None = None
+        self.last_step_losses: list[float] = []
         self.trajectory: list[StepRecord] | None = [] if record_trajectory else None
         self._param_ids = self._assign_param_ids()
         self._scratch_buffers: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
@@ -337,9 +338,20 @@ class ZOOptimizer(torch.optim.Optimizer):
             raise ValueError("no parameter has requires_grad=True: there is nothing to train")
         ctx = StepContext(self, self.step_count, params)
         self.last_step_random_numbers = 0
+        self.last_step_losses = []  # the probe losses in call order: with the step's hyperparameters, all a
+        # step's arithmetic depends on, so replaying them reproduces the step bit for bit (core/replay.py)
         for transform in self.transforms:
             transform.begin_step(ctx)
-        estimate = self.estimator.estimate(_Prober(self, ctx, closure))
+        prober = _Prober(self, ctx, closure)
+        try:
+            estimate = self.estimator.estimate(prober)
+        except BaseException:
+            # the closure raised (out of memory, Ctrl-C, a bad batch): put theta back before the exception
+            # leaves, so the model is never left displaced by +-eps z; the step did not happen
+            prober.undo()
+            for transform in reversed(self.transforms):
+                transform.cancel_step(ctx)
+            raise
         ctx.coefficients = estimate.coefficients
         if estimate.finite:
             self._apply_updates(ctx, estimate.pending)
@@ -505,13 +517,25 @@ class _Prober:
         self.closure = closure
         self.step = ctx.step
         self.base_seed = optimizer.base_seed
+        self.net: dict[int, float] = {}  # query -> net displacement scale applied so far this step
 
     def displace(self, query: int, scale: float) -> None:
         self.optimizer._displace_all(self.ctx, query, scale)
+        self.net[query] = self.net.get(query, 0.0) + scale
+
+    def undo(self) -> None:
+        """Take back every displacement of this step (theta is restored up to the rounding of one add and
+        one subtract per query, as the estimator's own restores)."""
+        for query, scale in reversed(list(self.net.items())):
+            if scale != 0.0:
+                self.optimizer._displace_all(self.ctx, query, -scale)
+        self.net.clear()
 
     def loss(self) -> float:
         self.optimizer.forward_passes += 1
-        return scalar_loss(self.closure())
+        value = scalar_loss(self.closure())
+        self.optimizer.last_step_losses.append(value)
+        return value
 
 
 def scalar_loss(value: Any) -> float:

@@ -143,7 +143,12 @@ def apply_peft(model: nn.Module, mode: str, settings: PeftSettings | None = None
             target_modules=targets,
             fan_in_fan_out=type(_first_target(model, targets)).__name__ == "Conv1D",
         )
-        return get_peft_model(model, config)
+        # LoRA's A is drawn from torch's global generator: seed it from the run's seed inside a forked RNG, so
+        # the same seed gives the same adapter (resume and replay rebuild it) and the caller's RNG is untouched
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return get_peft_model(model, config)
     config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=settings.num_virtual_tokens)
     peft_model = get_peft_model(model, config)
     if settings.prefix_init_real:

@@ -185,13 +185,39 @@ def _read_jsonl(path: Path) -> list[Row]:
     return rows
 
 
+# What ``datasets.load_dataset`` raises when the hub cannot be reached: it wraps a failed connection, a
+# timeout and HF_HUB_OFFLINE=1 alike in the built-in ConnectionError ("Couldn't reach 'nyu-mll/glue' on the
+# Hub (LocalEntryNotFoundError)"). Anything else (a dataset or config that does not exist, a gated data set)
+# is not a network error and keeps its own message.
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+
+
+def _offline_tasks() -> list[str]:
+    """The registered tasks that need no hub access."""
+    return [name for name in available_tasks() if not _REGISTRY[name].source.startswith("hub")]
+
+
+def hub_unreachable(task: str, dataset: str, exc: BaseException) -> ValueError:
+    """The one-line error for a hub task without hub access: what failed and the ways around it."""
+    reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever the message holds
+    return ValueError(
+        f"task {task!r} downloads {dataset} from the Hugging Face hub, which could not be reached ({reason}); "
+        f"use --data-dir DIR (a folder with train.jsonl and validation.jsonl in the hub schema) "
+        f"or an offline task ({', '.join(_offline_tasks())}; see zotune tasks)"
+    )
+
+
 def hub_loader(path: str, config: str | None = None, train_split: str = "train",
-               test_split: str = "validation") -> Callable[[Path | None], dict[str, list[Row]]]:
-    """Pools from a hub data set via ``datasets.load_dataset``, or from local JSONL files in its schema."""
+               test_split: str = "validation", *, task: str | None = None,
+               ) -> Callable[[Path | None], dict[str, list[Row]]]:
+    """Pools from a hub data set via ``datasets.load_dataset``, or from local JSONL files in its schema.
+
+    ``task`` names the task in the error raised when the hub cannot be reached (a ``ValueError`` with no
+    chained traceback, which the CLI prints as one line); it defaults to the data set's name.
+    """
+    dataset = f"{path} {config}" if config else path
 
     def load(local_dir: Path | None = None) -> dict[str, list[Row]]:
-        import datasets
-
         if local_dir is not None:
             local_dir = Path(local_dir)
             files = {"train": str(local_dir / "train.jsonl"), "test": str(local_dir / "validation.jsonl")}
@@ -199,15 +225,13 @@ def hub_loader(path: str, config: str | None = None, train_split: str = "train",
                 if not Path(f).is_file():
                     raise FileNotFoundError(f"missing data file {f}")
             return {split: _read_jsonl(Path(f)) for split, f in files.items()}
+        import datasets
+
         try:
             train = datasets.load_dataset(path, config, split=train_split)
             test = datasets.load_dataset(path, config, split=test_split)
-        except Exception as exc:  # the hub raises many types (connection, not found, offline mode)
-            raise RuntimeError(
-                f"could not load {path}{'/' + config if config else ''} from the Hugging Face hub "
-                f"({type(exc).__name__}: {exc}). Without hub access, use an offline task "
-                "(mr, boolq, bbc, piqa) or a custom data file."
-            ) from exc
+        except NETWORK_ERRORS as exc:
+            raise hub_unreachable(task or dataset, dataset, exc) from None
         return {"train": list(train), "test": list(test)}
 
     return load

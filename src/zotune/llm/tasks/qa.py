@@ -29,7 +29,8 @@ def build_drop(row: Row) -> Example:
 
 
 register_task(Task("squad", "generation", "SQuAD v1.1 extractive QA (F1)", build_squad,
-                   hub_loader("rajpurkar/squad"), metric="f1", default_objective="lm",
+                   hub_loader("rajpurkar/squad", task="squad"), metric="f1", default_objective="lm",
                    source="hub: rajpurkar/squad"))
 register_task(Task("drop", "generation", "DROP discrete reasoning QA (F1)", build_drop,
-                   hub_loader("ucinlp/drop"), metric="f1", default_objective="lm", source="hub: ucinlp/drop"))
+                   hub_loader("ucinlp/drop", task="drop"), metric="f1", default_objective="lm",
+                   source="hub: ucinlp/drop"))

@@ -1,0 +1,235 @@
+"""The runner: the training loop as a small object that owns the step, the data position, the best-so-far
+and the checkpoints, and knows no algorithm.
+
+Per step, in this order (a resumed run repeats it exactly, so resume equals an uninterrupted run)::
+
+    batch = batches.next()                     data position
+    loss = optimizer.step(closure(batch))      the ZO step (any zotune optimizer)
+    seed log <- the step's probe losses        a run is its seed log
+    dev evaluation every eval_every steps      -> best-so-far, best weights on disk
+    metrics.jsonl <- the step's record
+    checkpoint every checkpoint_every steps, and on SIGINT / SIGTERM (then stop)
+
+Evaluation and the best checkpoint are hooks (``evaluate``, ``save_best``), so the runner runs any model
+and objective; the optimizer is only asked for ``step``, ``state_dict`` and its counters.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from zotune.train.checkpoint import save_resume
+from zotune.train.run_folder import RunFolder
+from zotune.train.seedlog import SeedLog
+
+__all__ = ["BatchSampler", "Runner", "RunnerState", "TrainingDiverged", "RunInterrupted", "stop_on_signals"]
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised after ``max_nonfinite`` non-finite losses in a row; the last good checkpoint is kept."""
+
+
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after a checkpoint; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, signum: int, step: int, message: str) -> None:
+        super().__init__(message)
+        self.signum, self.step = signum, step
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class BatchSampler:
+    """Epoch-wise shuffled batches from a seeded generator of its own, so no other code's RNG use
+    changes which examples a step sees. Its position (epoch, pos) is all a checkpoint needs."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        if n < 1:
+            raise ValueError("no training examples")
+        self.n, self.batch_size, self.seed = n, min(batch_size, n), seed
+        self.epoch, self.order, self.pos = 0, np.random.RandomState(seed).permutation(n), 0
+
+    def next(self) -> list[int]:
+        if self.pos + self.batch_size > self.n:
+            self.epoch += 1
+            self.order = np.random.RandomState(self.seed + self.epoch).permutation(self.n)
+            self.pos = 0
+        idx = self.order[self.pos: self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return [int(i) for i in idx]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self.order = np.random.RandomState(self.seed + self.epoch).permutation(self.n)  # as next() drew it
+
+
+@dataclass
+class RunnerState:
+    """What the runner carries from step to step (saved in every checkpoint)."""
+
+    step: int = 0
+    best_metric: float | None = None  # None: nothing evaluated yet
+    best_step: int | None = None
+    ema: float | None = None  # smoothed loss for the progress bar
+    consecutive_bad: int = 0
+    train_seconds: float = 0.0
+    metrics_bytes: int = 0
+    seed_log_bytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # the caller's (e.g. zero-shot results)
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[_StopFlag]:
+    """While inside, the first SIGINT or SIGTERM only sets ``flag.signum`` (the runner saves and stops after
+    the current step); a second SIGINT interrupts at once (KeyboardInterrupt). Off the main thread,
+    signals are left alone."""
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag.signum = signum
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class Runner:
+    """Runs ``optimizer`` for ``steps`` steps with checkpoints, evaluation hooks, logs and signal handling.
+
+    Args:
+        model: the module whose ``requires_grad`` tensors train (checkpointed by name).
+        optimizer: a zotune optimizer.
+        batches: the data position.
+        closure_for: batch indices -> the step's closure (forward only, deterministic).
+        folder: the run folder (metrics, seed log, checkpoints).
+        steps: the total number of steps.
+        evaluate: step -> dev metrics (or None without a dev set); called every ``eval_every`` steps.
+        metric: the key of the metrics that picks the best.
+        save_best: called with the step whenever the dev metric improves (ties keep the earlier step).
+        state: a resumed run's state (``None``: a new run).
+    """
+
+    def __init__(self, *, model: nn.Module, optimizer: Any, batches: BatchSampler | None,
+                 closure_for: Callable[[list[int]], Callable[[], torch.Tensor]], folder: RunFolder, seed_log: SeedLog,
+                 steps: int, metric: str, evaluate: Callable[[int], dict[str, float] | None],
+                 save_best: Callable[[int], None], eval_every: int = 0, checkpoint_every: int = 0,
+                 max_nonfinite: int = 5, progress: bool = True, state: RunnerState | None = None) -> None:
+        self.model, self.optimizer, self.batches = model, optimizer, batches
+        self.closure_for, self.folder, self.seed_log = closure_for, folder, seed_log
+        self.steps, self.metric, self.evaluate, self.save_best = steps, metric, evaluate, save_best
+        self.eval_every, self.checkpoint_every, self.max_nonfinite = eval_every, checkpoint_every, max_nonfinite
+        self.progress = progress
+        self.state = state or RunnerState()
+
+    # --- best-so-far ----------------------------------------------------------------------------------
+
+    def consider(self, step: int, result: dict[str, float] | None) -> bool:
+        """Update the best-so-far with a dev result; True if it improved (and ``save_best`` ran)."""
+        if result is None:
+            return False
+        value = result[self.metric]
+        if self.state.best_metric is None or value > self.state.best_metric:  # ties keep the earlier step
+            self.save_best(step)
+            self.state.best_metric, self.state.best_step = value, step
+            return True
+        return False
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Save the resumable state at the current step (weights, optimizer, data position, logs' lengths)."""
+        self.state.metrics_bytes = self.folder.metrics_size()
+        self.state.seed_log_bytes = self.seed_log.size()
+        payload = {**asdict(self.state), "batches": self.batches.state_dict() if self.batches else None}
+        save_resume(self.folder.path, self.state.step, self.model, self.optimizer, payload)
+
+    # --- the loop -------------------------------------------------------------------------------------
+
+    def _one_step(self) -> dict[str, Any]:
+        step = self.state.step + 1
+        closure = self.closure_for(self.batches.next())
+        loss = float(self.optimizer.step(closure))
+        self.state.step = step
+        groups = self.optimizer.param_groups
+        self.seed_log.append(self.optimizer.step_count - 1, self.optimizer.last_step_losses,
+                             tuple(float(g["lr"]) for g in groups), tuple(float(g["weight_decay"]) for g in groups))
+        record: dict[str, Any] = {"step": step, "loss": loss, "lr": groups[0]["lr"],
+                                  "forward_passes": self.optimizer.forward_passes,
+                                  "random_numbers": self.optimizer.last_step_random_numbers}
+        if math.isfinite(loss):
+            self.state.consecutive_bad = 0
+            self.state.ema = loss if self.state.ema is None else 0.95 * self.state.ema + 0.05 * loss
+        else:
+            self.state.consecutive_bad += 1
+            record["nonfinite"] = True
+        return record
+
+    def run(self, started: float) -> None:
+        """Train until ``steps`` (from the state's step); ``started`` is the ``perf_counter`` the wall time
+        in the metrics counts from. Raises :class:`RunInterrupted` after a signal (a checkpoint saved),
+        :class:`TrainingDiverged` after too many non-finite losses."""
+        bar = tqdm(total=self.steps, initial=self.state.step, desc="train", disable=not self.progress,
+                   dynamic_ncols=True)
+        segment_start = time.perf_counter()
+        base_seconds = self.state.train_seconds
+        try:
+            with stop_on_signals() as stop:
+                while self.state.step < self.steps:
+                    record = self._one_step()
+                    step = self.state.step
+                    record["wall_time"] = time.perf_counter() - started
+                    if self.state.consecutive_bad >= self.max_nonfinite:
+                        self.folder.log(record)
+                        raise TrainingDiverged(
+                            f"{self.state.consecutive_bad} non-finite losses in a row (step {step}); stopped. "
+                            f"Try a smaller --lr or --eps. The best checkpoint is in {self.folder.path / 'checkpoint'}")
+                    if self.eval_every and step % self.eval_every == 0 and step != self.steps:
+                        result = self.evaluate(step)
+                        self.consider(step, result)
+                        if result is not None:
+                            record.update({f"dev_{k}": v for k, v in result.items() if k != "n"})
+                    self.folder.log(record)
+                    self.state.train_seconds = base_seconds + time.perf_counter() - segment_start
+                    bar.update(1)
+                    postfix = {"loss": f"{self.state.ema:.4f}" if self.state.ema is not None else "nan"}
+                    if self.state.best_metric is not None:
+                        postfix[f"best_{self.metric[:3]}"] = f"{self.state.best_metric:.3f}"
+                    bar.set_postfix(postfix)
+                    if stop.signum is not None or step == self.steps or (
+                            self.checkpoint_every and step % self.checkpoint_every == 0):
+                        self.checkpoint()
+                    if stop.signum is not None:
+                        name = signal.Signals(stop.signum).name
+                        raise RunInterrupted(stop.signum, step, f"{name} at step {step}/{self.steps}: checkpoint saved")
+        finally:
+            bar.close()
