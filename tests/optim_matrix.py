@@ -60,7 +60,8 @@ DIZO_ETA = (
 )
 KERZOO_SCALE = (
     "the authors' unnormalised kernel multiplies the step by k K(k): E = 4 and E[(kK)^2] = 100 at a = 1 (MeZO: 1), "
-    "so at the problem's (MeZO's) lr it diverges; test_kerzoo.py trains it at lr / 4"
+    "so at the problem's (MeZO's) lr it diverges (on the MLP: 4 of 8 seeds with either stream, measured); "
+    "test_kerzoo.py trains both problems at lr / 4 on every seed it tries"
 )
 KERZOO_MEAN = (
     "biased by design: E[g_hat] = (25 a^2 - 21 a^4) grad on the shrinking interval, and with the averaging a step "
@@ -99,7 +100,8 @@ CASES: list[MethodCase] = [
     MethodCase(
         "kerzoo",
         zotune.kerzoo,
-        limits={"test_converges_on_quadratic": KERZOO_SCALE, "test_mean_estimate_matches_true_gradient": KERZOO_MEAN},
+        limits={"test_converges_on_quadratic": KERZOO_SCALE, "test_converges_on_mlp_regression": KERZOO_SCALE,
+                "test_mean_estimate_matches_true_gradient": KERZOO_MEAN},
     ),
     MethodCase(
         "kerzoo-unbiased",

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from zotune.bench.convergence import (
     ConvergenceConfig,
@@ -244,3 +245,37 @@ def test_claims_keep_two_workers_off_the_same_run(tmp_path):
     assert _claim(tmp_path / "claims", key) is None  # held by a live process (this one)
     first.write_text("999999999")  # a worker that no longer exists
     assert _claim(tmp_path / "claims", key) == first  # the stale claim is taken over
+
+
+def test_scale_benchmark_builds_one_copy_of_random_weights_and_reports_both_modes(tmp_path) -> None:
+    """The scale experiment's machinery on a tiny shape: weights materialised in bf16 from the meta device
+    and filled in place (std as asked, norms one, rotary frequencies as a normally built model's), both
+    modes in fresh processes, the ratios and the Adam estimate in the result line."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from zotune.bench.experiments import load_experiment
+    from zotune.bench.scale import ScaleConfig, build_random_llama
+    from zotune.cli import main
+
+    tiny = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=256,
+                batch=2, length=8, steps=2)
+    model = build_random_llama(ScaleConfig(**tiny))
+    weights = [p for p in model.parameters() if p.dim() == 2]
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert abs(torch.cat([p.float().flatten() for p in weights]).std().item() - 0.02) < 0.002
+    assert all(torch.equal(p, torch.ones_like(p)) for p in model.parameters() if p.dim() == 1)
+    reference = LlamaForCausalLM(LlamaConfig(**{k: tiny[k] for k in ("hidden_size", "intermediate_size",
+                                                                      "num_hidden_layers", "num_attention_heads",
+                                                                      "vocab_size")}, max_position_embeddings=128))
+    ours = dict(model.named_buffers())
+    for name, buffer in reference.named_buffers():
+        if "inv_freq" in name:
+            torch.testing.assert_close(ours[name], buffer.to(ours[name].dtype))  # as model.to(bf16) leaves it
+    experiment = tmp_path / "tiny.toml"
+    experiment.write_text('kind = "scale"\n' + "".join(f"{k} = {v}\n" for k, v in tiny.items()))
+    assert main(["bench", "run", str(experiment)]) == 0
+    record = json.loads(load_experiment(experiment).results.read_text().splitlines()[-1])
+    assert record["params"] == sum(p.numel() for p in model.parameters())
+    assert record["modes"]["zo"]["losses"] and all(math.isfinite(v) for v in record["modes"]["zo"]["losses"])
+    assert record["adam_estimate_mb"] == round(16 * record["params"] / 2**20, 1)
+    assert record["cpu_capability"] and record["zo_peak_over_inference"] > 0

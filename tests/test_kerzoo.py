@@ -77,8 +77,9 @@ def test_clip_is_active_in_the_clip_case() -> None:
     before = [p.detach().clone() for p in problem.model.parameters()]
     optimizer.step(problem.loss)
     moved = [float((p.detach() - b).norm()) for p, b in zip(problem.model.parameters(), before, strict=True)]
-    # every tensor's update g_l is clipped to norm 0.05, so each moves by lr * 0.05 (float32 rounding aside)
-    assert moved == pytest.approx([2e-3 * 0.05] * len(moved), rel=1e-3)
+    # every tensor's update g_l is clipped to norm 0.05, so each moves by lr * 0.05, up to float32 rounding:
+    # the probe, restore and update passes each round theta to half an ulp (6e-8 at |theta| near 1)
+    assert moved == pytest.approx([2e-3 * 0.05] * len(moved), rel=1e-3, abs=2e-7)
 
 
 def test_interval_shrinks_to_its_floor() -> None:
@@ -114,14 +115,28 @@ def test_mean_estimate_is_the_gradient_times_E_kK(initial_interval: float) -> No
     assert ((mean - gradient).abs() > 5 * stderr).any()  # the unnormalised kernel: not the plain gradient
 
 
-def test_trains_the_quadratic_at_a_quarter_of_mezos_lr() -> None:
-    """E[kK] = 4 at a = 1: the authors' KerZOO at the defaults trains where MeZO's lr is divided by 4."""
-    problem = Quadratic()
-    optimizer = zotune.kerzoo([problem.w], lr=0.01 / 4, eps=1e-3, seed=3)
-    start = problem.loss().item()
-    for _ in range(400):
-        optimizer.step(problem.loss)
-    assert problem.loss().item() < 1e-3 * start
+def _relative_losses(problem_class: type, lr: float, steps: int, seeds: range) -> list[float]:
+    out = []
+    for seed in seeds:
+        problem = problem_class()
+        params = [problem.w] if hasattr(problem, "w") else problem.model.named_parameters()
+        optimizer = zotune.kerzoo(params, lr=lr, eps=1e-3, seed=seed)
+        start = problem.loss().item()
+        for _ in range(steps):
+            optimizer.step(problem.loss)
+        out.append(problem.loss().item() / start)
+    return out
+
+
+def test_trains_both_problems_at_a_quarter_of_mezos_lr_on_every_seed() -> None:
+    """E[kK] = 4 at a = 1: the authors' KerZOO at the defaults trains where MeZO's lr is divided by 4, on
+    every seed (at MeZO's lr half the seeds diverge on the MLP). Measured before this test was written: over
+    12 seeds the quadratic's loss fell 17x to 1000x in 400 steps (median about 50x); over 8 seeds the MLP's
+    30x to 110x in 500."""
+    quadratic = _relative_losses(Quadratic, 0.01 / 4, 400, range(6))
+    assert max(quadratic) < 0.1 and sorted(quadratic)[len(quadratic) // 2] < 0.05
+    mlp = _relative_losses(MLPRegression, 1e-2 / 4, 500, range(4))
+    assert max(mlp) < 0.1
 
 
 def test_averaging_copy_is_declared_and_counted() -> None:

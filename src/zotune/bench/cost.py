@@ -27,7 +27,6 @@ this part (peak RSS does not depend on other jobs' CPU use) and appends it as it
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from typing import Any
 
 import torch
 
-from zotune.bench.step import peak_rss_mb, reset_peak_rss
+from zotune.bench.step import machine, peak_rss_mb, reset_peak_rss
 
 __all__ = ["CostConfig", "run_cost", "run_cost_memory", "measure_memory_mode", "numel"]
 
@@ -122,18 +121,6 @@ def _method_option_names(method: str) -> set[str]:
 def _periodic(optimizer: Any) -> Any | None:
     """The transform with periodic forward-pass work (DiZO's search), if any: timed apart and amortised."""
     return next((t for t in optimizer.transforms if t.period > 0), None)
-
-
-def machine() -> dict[str, str]:
-    """The CPU a timing was taken on: the same code runs 2-10x slower without AVX-512, so numbers from
-    machines with another capability or model must never be compared."""
-    model = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return {"cpu_capability": str(torch.backends.cpu.get_cpu_capability()), "cpu_model": model}
 
 
 def _timed(fn: Callable[[], Any]) -> float:

@@ -1,9 +1,9 @@
 """Experiment files under ``benchmarks/``: read them, run them, append their results.
 
-An experiment is a TOML (or JSON/YAML) file with a ``kind`` ("cost" or "convergence"), the path of its
+An experiment is a TOML (or JSON/YAML) file with a ``kind`` ("cost", "convergence" or "scale"), the path of its
 results file (``results``, relative to the experiment file; default: ``results/<file stem>.jsonl``) and the
 fields of that kind's config (:class:`zotune.bench.cost.CostConfig`,
-:class:`zotune.bench.convergence.ConvergenceConfig`). Results are JSON lines, appended, never rewritten:
+:class:`zotune.bench.convergence.ConvergenceConfig`, :class:`zotune.bench.scale.ScaleConfig`). Results are JSON lines, appended, never rewritten:
 a convergence study appends one line per finished run and skips the runs already there, so it can be
 stopped and resumed at any point; a cost experiment appends one line per run of the whole experiment.
 """
@@ -20,7 +20,7 @@ from zotune.train.config import load_config_file
 
 __all__ = ["Experiment", "load_experiment", "append_result", "read_results", "KINDS"]
 
-KINDS = ("cost", "convergence")
+KINDS = ("cost", "convergence", "scale")
 
 
 @dataclasses.dataclass
@@ -44,6 +44,10 @@ def _config_class(kind: str) -> type:
         from zotune.bench.convergence import ConvergenceConfig
 
         return ConvergenceConfig
+    if kind == "scale":
+        from zotune.bench.scale import ScaleConfig
+
+        return ScaleConfig
     raise ValueError(f"unknown experiment kind {kind!r}; use one of {', '.join(KINDS)}")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import resource
 import statistics
 import subprocess
@@ -71,10 +72,31 @@ def make_closure(model: torch.nn.Module, batch: int, length: int) -> Callable[[]
     return closure
 
 
+def machine() -> dict[str, str]:
+    """The CPU a timing was taken on: the same code runs 2-10x slower without AVX-512, so numbers from
+    machines with another capability or model must never be compared."""
+    model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cpu_capability": str(torch.backends.cpu.get_cpu_capability()), "cpu_model": model}
+
+
 def _timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def _optimizer(name: str, model: torch.nn.Module) -> zotune.ZOOptimizer:
+    """MeZO with the sampler ``name``, or the method ``name`` (e.g. ``pezo``, whose sampler is its own)."""
+    from zotune.core.samplers import available_samplers
+
+    if name in available_samplers():
+        return zotune.mezo(model.named_parameters(), lr=1e-9, eps=1e-3, sampler=name)
+    return zotune.build_optimizer(name, model.named_parameters(), lr=1e-9, eps=1e-3)
 
 
 def time_step_costs(
@@ -86,7 +108,7 @@ def time_step_costs(
 ) -> dict[str, list[float]]:
     """Interleaved timings (seconds) of each variant, ``rounds`` samples each."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizers = {name: zotune.mezo(model.named_parameters(), lr=1e-9, eps=1e-3, sampler=name) for name in samplers}
+    optimizers = {name: _optimizer(name, model) for name in samplers}
     draw, begin_pass = mezo_global_rng_draw(seed=0)
 
     def two_forwards() -> None:
@@ -211,7 +233,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     parser.add_argument("--layers", type=int, default=None, help="fewer decoder layers, for a quick look")
     parser.add_argument(
-        "--samplers", nargs="+", default=["gaussian", "gaussian-torch"], help="samplers of the fast step to time"
+        "--samplers", nargs="+", default=["gaussian", "gaussian-torch"], help="samplers of the fast step to time, or methods with a sampler of their own (pezo)"
     )
     parser.add_argument("--no-reference", action="store_true", help="skip MeZO's reference design")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
@@ -231,6 +253,7 @@ def run_step_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        **machine(),
         **summarize(samples),
     }
     if not args.no_memory:

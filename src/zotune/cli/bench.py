@@ -24,7 +24,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     step_parser.set_defaults(func=_run_step)
 
     run_parser = kinds.add_parser(
-        "run", help="run an experiment file of benchmarks/ (cost or convergence) and append its result(s)"
+        "run", help="run an experiment file of benchmarks/ (cost, convergence or scale) and append its result(s)"
     )
     run_parser.add_argument("experiments", nargs="+", help="experiment file(s), e.g. benchmarks/cost/smollm2-full.toml")
     run_parser.add_argument("--part", choices=["grid", "final", "all"], default="all",
@@ -47,6 +47,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     cost_memory.add_argument("--config-json", required=True)
     cost_memory.add_argument("--mode", required=True)
     cost_memory.set_defaults(func=_run_cost_memory)
+
+    scale_memory = kinds.add_parser("scale-memory", help="(internal) peak RSS of one scale-benchmark mode, in this process")
+    scale_memory.add_argument("--config-json", required=True)
+    scale_memory.add_argument("--mode", required=True)
+    scale_memory.set_defaults(func=_run_scale_memory)
 
     memory_parser = kinds.add_parser("memory", help="(internal) peak RSS of one mode, in this process")
     memory_parser.add_argument("--mode", choices=["infer", "train", "reference"], required=True)
@@ -106,6 +111,16 @@ def _run_one_experiment(exp: "Experiment", args: argparse.Namespace) -> None:
         print(json.dumps(result["rows"], indent=1))
         print(f"appended to {exp.results}", file=sys.stderr)
         return
+    if exp.kind == "scale":
+        if args.dry_run:
+            print(f"{exp.path}: one scale run -> {exp.results}")
+            return
+        from zotune.bench.scale import run_scale
+
+        result = run_scale(exp.config)
+        append_result(exp.results, {"experiment": exp.name, **result})
+        print(json.dumps(result, indent=1))
+        return
     from zotune.bench.convergence import planned_runs, run_study
 
     if args.dry_run:
@@ -135,4 +150,11 @@ def _run_cost_memory(args: argparse.Namespace) -> int:
     from zotune.bench.cost import CostConfig, measure_memory_mode
 
     print(json.dumps(measure_memory_mode(CostConfig(**json.loads(args.config_json)), args.mode)))
+    return 0
+
+
+def _run_scale_memory(args: argparse.Namespace) -> int:
+    from zotune.bench.scale import ScaleConfig, measure_scale_mode
+
+    print(json.dumps(measure_scale_mode(ScaleConfig(**json.loads(args.config_json)), args.mode)))
     return 0

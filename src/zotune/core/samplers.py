@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import torch
 
 from zotune.core.seeds import GOLDEN_GAMMA, direction_key, mix, to_signed64
+from zotune.core.threefry import gaussian_pair, rademacher_pair, split_key, threefry2x32, uniform_pair
 
 
 class Direction(NamedTuple):
@@ -294,8 +295,144 @@ class CounterSampler(Sampler):
         start = torch.tensor(0, dtype=torch.int64, device=device)
         return _TRANSFORMS[self.kind](counter_bits(start, numel, key, device))
 
+    def config(self) -> dict[str, Any]:
+        """The stream's identity, compared when a checkpoint is loaded (the backend is not: same bits)."""
+        return {"kind": self.name}
+
     def __repr__(self) -> str:
         return f"CounterSampler(kind={self.kind!r}, backend={self.backend!r})"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Threefry samplers: 32-bit words only, two numbers per draw
+# ---------------------------------------------------------------------------------------------------------
+
+THREEFRY_BLOCK = 1 << 21  # elements per block of the stream's layout (see ThreefrySampler)
+_PAIR_TRANSFORMS: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
+    "gaussian": gaussian_pair,
+    "uniform": uniform_pair,
+    "rademacher": rademacher_pair,
+}
+
+
+def _blend_(target: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, decay: torch.Tensor) -> None:
+    """target <- decay * target + alpha * z in place, rounding once for half precision."""
+    if target.dtype == torch.float32:
+        target.mul_(decay).add_(z * alpha)
+    elif target.dtype == torch.float64:
+        target.mul_(decay).add_(z.double() * alpha)
+    else:
+        target.copy_((target.to(torch.float32) * decay + z * alpha).to(target.dtype))
+
+
+def threefry_block_pairs(region_numel: int, k0: torch.Tensor, k1: torch.Tensor, lo: torch.Tensor,
+                         hi: torch.Tensor, transform: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two halves of one block: pairs ``lo .. lo + region_numel // 2 - 1`` (counter words ``(lo + t, hi)``)
+    through Threefry-2x32-20 and ``transform``."""
+    c0 = torch.arange(region_numel // 2, dtype=torch.int32, device=device) + lo
+    w0, w1 = threefry2x32(c0, hi, k0, k1)
+    return transform(w0, w1)
+
+
+def _threefry_update(first, second, k0, k1, lo, hi, alpha, decay, transform):  # type: ignore[no-untyped-def]
+    # the two halves of a block come in as two (non-overlapping) tensors: one loop then computes each draw
+    # once and stores its two numbers straight into them (slices of one input made inductor scatter through
+    # temporaries in a second pass)
+    z0, z1 = threefry_block_pairs(2 * first.shape[0], k0, k1, lo, hi, transform, first.device)
+    _blend_(first, z0, alpha, decay)
+    _blend_(second, z1, alpha, decay)
+
+
+def _threefry_gaussian(first, second, k0, k1, lo, hi, alpha, decay):  # type: ignore[no-untyped-def]
+    _threefry_update(first, second, k0, k1, lo, hi, alpha, decay, gaussian_pair)
+
+
+def _threefry_uniform(first, second, k0, k1, lo, hi, alpha, decay):  # type: ignore[no-untyped-def]
+    _threefry_update(first, second, k0, k1, lo, hi, alpha, decay, uniform_pair)
+
+
+def _threefry_rademacher(first, second, k0, k1, lo, hi, alpha, decay):  # type: ignore[no-untyped-def]
+    _threefry_update(first, second, k0, k1, lo, hi, alpha, decay, rademacher_pair)
+
+
+_EAGER_KERNELS.update({
+    "threefry-gaussian": _threefry_gaussian,
+    "threefry-uniform": _threefry_uniform,
+    "threefry-rademacher": _threefry_rademacher,
+})
+
+
+class ThreefrySampler(CounterSampler):
+    """Counter-based directions from Threefry-2x32-20 (``zotune.core.threefry``): 32-bit arithmetic only,
+    so the fused generate-and-add kernel vectorises on AVX2 as on AVX-512 and GPUs, and each draw gives two
+    numbers (both Box-Muller branches for ``gaussian``).
+
+    The stream: a tensor's n elements are cut into blocks of ``THREEFRY_BLOCK`` (the last one shorter). In a
+    block of 2m elements starting at element 2p, pair t (counter words ``((p + t) mod 2^31, (p + t) >> 31)``,
+    key words the low and high halves of the direction's 64-bit key) gives element t its first number and
+    element m + t its second. With n odd, the last element takes the first number of pair (n - 1) / 2. So
+    both numbers of a draw land in contiguous runs, and z depends only on (key, n), never on how it is
+    computed.
+    """
+
+    def __init__(self, kind: str = "gaussian", backend: str = "auto") -> None:
+        if kind not in _PAIR_TRANSFORMS:
+            raise ValueError(f"unknown threefry sampler kind {kind!r}; choose one of {sorted(_PAIR_TRANSFORMS)}")
+        super().__init__("gaussian", backend=backend)
+        self.kind = f"threefry-{kind}"
+        self.name = kind
+
+    def numbers_drawn(self, numel: int) -> int:
+        return numel  # numel numbers from ceil(numel / 2) draws
+
+    def _scalars(self, direction: Direction, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        k0, k1 = split_key(direction.key)
+        return (torch.tensor(k0, dtype=torch.int32, device=device), torch.tensor(k1, dtype=torch.int32, device=device))
+
+    def _blocks(self, numel: int) -> list[tuple[int, int]]:
+        """(first element, element count) of each even-sized block; an odd last element is handled apart."""
+        even = numel - numel % 2
+        return [(start, min(THREEFRY_BLOCK, even - start)) for start in range(0, even, THREEFRY_BLOCK)]
+
+    def add_(self, flat: torch.Tensor, direction: Direction, alpha: float, decay: float = 1.0) -> None:
+        device = flat.device
+        k0, k1 = self._scalars(direction, device)
+        scalar_dtype = torch.float32 if device.type == "mps" else torch.float64
+        alpha_t = torch.tensor(alpha, dtype=scalar_dtype, device=device)
+        decay_t = torch.tensor(decay, dtype=scalar_dtype, device=device)
+        numel = flat.numel()
+        for start, count in self._blocks(numel):
+            self._run_block(flat[start: start + count], start // 2, k0, k1, alpha_t, decay_t)
+        if numel % 2:  # the last element: the first number of pair (numel - 1) / 2
+            scratch = torch.cat([flat[-1:], flat.new_zeros(3)])  # 4 elements: pairs p and p + 1, no size-1 kernel
+            self._run_block(scratch, (numel - 1) // 2, k0, k1, alpha_t, decay_t, first_only=True)
+            flat[-1:].copy_(scratch[:1])
+
+    def _run_block(self, region: torch.Tensor, pair: int, k0: torch.Tensor, k1: torch.Tensor, alpha: torch.Tensor,
+                   decay: torch.Tensor, first_only: bool = False) -> None:
+        device = region.device
+        lo = torch.tensor(pair & 0x7FFFFFFF, dtype=torch.int32, device=device)
+        hi = torch.tensor(pair >> 31, dtype=torch.int32, device=device)
+        half = region.numel() // 2
+        if half == 1 and not first_only:  # dynamic shapes specialise on size 1: run 2 pairs, keep 1
+            scratch = torch.cat([region[:1], region.new_zeros(1), region[1:], region.new_zeros(1)])
+            self._run(scratch[:2], scratch[2:], k0, k1, lo, hi, alpha, decay)
+            region.copy_(scratch[[0, 2]])
+            return
+        self._run(region[:half], region[half:], k0, k1, lo, hi, alpha, decay)
+
+    def sample(self, numel: int, direction: Direction, device: torch.device | str = "cpu") -> torch.Tensor:
+        out = torch.zeros(numel, dtype=torch.float32, device=torch.device(device))
+        backend, self.backend = self.backend, "eager"
+        try:
+            self.add_(out, direction, 1.0)
+        finally:
+            self.backend = backend
+        return out
+
+    def __repr__(self) -> str:
+        return f"ThreefrySampler(kind={self.name!r}, backend={self.backend!r})"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -360,9 +497,13 @@ class TorchGeneratorSampler(Sampler):
 # ---------------------------------------------------------------------------------------------------------
 
 _SAMPLER_FACTORIES: dict[str, Callable[..., Sampler]] = {
-    "gaussian": lambda **kw: CounterSampler("gaussian", **kw),
-    "uniform": lambda **kw: CounterSampler("uniform", **kw),
-    "rademacher": lambda **kw: CounterSampler("rademacher", **kw),
+    "gaussian": lambda **kw: ThreefrySampler("gaussian", **kw),
+    "uniform": lambda **kw: ThreefrySampler("uniform", **kw),
+    "rademacher": lambda **kw: ThreefrySampler("rademacher", **kw),
+    # the SplitMix64 streams of zotune before Threefry (64-bit multiplies: slow without AVX-512)
+    "gaussian-splitmix": lambda **kw: CounterSampler("gaussian", **kw),
+    "uniform-splitmix": lambda **kw: CounterSampler("uniform", **kw),
+    "rademacher-splitmix": lambda **kw: CounterSampler("rademacher", **kw),
     "gaussian-torch": lambda **kw: TorchGeneratorSampler(**kw),
 }
 
