@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from fixtures.tiny import ARCHS, tiny_model, tiny_tokenizer
-from zotune.llm.objectives import Scorer, full_logits_scores, resolve_objective
+from zotune.llm.objectives import Scorer, full_logits_scores, group_overhead_for, length_groups, resolve_objective
 from zotune.llm.tasks import Example, get_task, sample_splits
 
 FIX = Path(__file__).parent / "fixtures"
@@ -126,3 +128,57 @@ def test_resolve_objective():
         resolve_objective("ce", "generation", "lm")
     with pytest.raises(ValueError, match="unknown objective"):
         resolve_objective("mse", "classification", "ce")
+
+
+def padded_tokens(lengths: list[int], groups: list[list[int]]) -> int:
+    return sum(len(g) * max(lengths[i] for i in g) for g in groups)
+
+
+def test_length_groups_is_the_cheapest_split_of_the_sorted_batch():
+    rng = random.Random(3)
+    for _ in range(40):
+        lengths = [rng.randint(3, 60) for _ in range(rng.randint(1, 9))]
+        overhead = rng.choice([0, 5, 40, 200])
+        groups = length_groups(lengths, overhead)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))  # a partition
+        order = [i for g in groups for i in g]
+        assert [lengths[i] for i in order] == sorted(lengths)  # contiguous runs of the sorted batch
+        # brute force over every cut of the sorted order
+        ranked = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        best = min(
+            padded_tokens(lengths, [ranked[a:b] for a, b in zip((0, *cuts), (*cuts, len(ranked)))]) + overhead * (len(cuts) + 1)
+            for k in range(len(ranked))
+            for cuts in itertools.combinations(range(1, len(ranked)), k)
+        )
+        assert padded_tokens(lengths, groups) + overhead * len(groups) == best
+    assert padded_tokens([5, 9, 9, 30], length_groups([5, 9, 9, 30], 0)) == 53  # no padding at all
+    assert length_groups([5, 9, 9, 30], 10**6) == [[0, 1, 2, 3]]  # one padded batch
+    with pytest.raises(ValueError):
+        length_groups([3], -1)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_length_groups_change_no_score(arch):
+    """Right padding under the attention mask: grouped forwards give the one padded batch's scores."""
+    model, tok = tiny_model(arch), tiny_tokenizer()
+    exs = examples("sst2", 8) + examples("copa", 3)  # single- and multi-token candidates, lengths spread
+    grouped, padded = Scorer(model, tok, group_overhead=0), Scorer(model, tok, group_overhead=None)
+    lengths = [len(grouped.encode(e.prompt, "")[0]) for e in exs]
+    assert len(length_groups(lengths, 0)) > 2  # the batch really is split
+    with torch.no_grad():
+        for got, ref in zip(grouped.candidate_scores(exs), padded.candidate_scores(exs)):
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grouped.classification_loss(exs), padded.classification_loss(exs), atol=1e-5, rtol=1e-5)
+        squad = examples("squad", 3)
+        torch.testing.assert_close(grouped.lm_loss(squad), padded.lm_loss(squad), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError):
+        Scorer(model, tok, group_overhead=-1)
+
+
+def test_auto_group_overhead_scales_with_the_model():
+    """96 tokens at SmolLM2-135M's size (where it was measured); a tiny model never splits its batch."""
+    tiny = tiny_model("llama")
+    assert Scorer(tiny, tiny_tokenizer()).group_overhead == group_overhead_for(tiny) > 10**5
+    reference = torch.nn.Linear(134_515_008 // 1000, 1000, bias=False, device="meta")  # SmolLM2-135M's size
+    assert group_overhead_for(reference) == 96
+    assert length_groups([5, 30, 64, 64], group_overhead_for(tiny)) == [[0, 1, 2, 3]]

@@ -9,14 +9,15 @@ Every ZO pass (probe +eps, probe -eps, fused restore + update) is one such call 
 of a pass is the cost of drawing z. Two families are provided:
 
 * **Counter-based samplers** (``gaussian``, ``uniform``, ``rademacher``; the default family). Element i of
-  z is a pure function of ``(key, i)``: ``h = splitmix64(key + GOLDEN_GAMMA * (i + 1))`` gives 64 random bits,
-  which are turned into a number by Box-Muller (Gaussian, from 32 + 24 bits), by an affine map
-  (uniform on [-sqrt(3), sqrt(3)], unit variance) or by one bit (Rademacher). There is no generator
-  state, so the generate-and-add is a single elementwise expression that ``torch.compile`` fuses into one
-  multi-threaded, vectorised loop (C++/OpenMP on CPU, Triton on GPU). On a 2-core CPU that is ~4x faster
-  than ``torch.randn`` into a buffer followed by ``add_``, and needs no scratch memory. Without a working
-  compiler the same expression runs eagerly in chunks (slower, same integer bits; the floating-point
-  transform may differ in the last ulp between the two backends, so a run keeps one backend).
+  z is a pure function of ``(key, i)``: Threefry-2x32-20 of a pair index under the key gives two 32-bit words
+  (:class:`ThreefrySampler`, :mod:`zotune.core.threefry`), turned into two Gaussians (both Box-Muller
+  branches, from integer and float arithmetic only), two uniforms on [-sqrt(3), sqrt(3)] (unit variance) or
+  two signs. The SplitMix64 streams used before (``*-splitmix``, :class:`CounterSampler`: 64 bits per element
+  from ``splitmix64(key + GOLDEN_GAMMA * (i + 1))``) stay available. There is no generator state, so the
+  generate-and-add is a single elementwise expression that ``torch.compile`` fuses into one multi-threaded,
+  vectorised loop (C++/OpenMP on CPU, Triton on GPU), with no scratch memory. Without a working compiler the
+  same expression runs eagerly (slower, same integer bits; the floating-point transform may differ in the
+  last ulp between the two backends, so a run keeps one backend).
 * **Generator samplers** (``gaussian-torch``): ``torch.Generator`` on the parameter's device, reseeded for
   every chunk of ``CHUNK`` elements with ``mix(key, chunk)``; this is MeZO's ``torch.normal`` draw made
   order-independent and free of the global RNG. Portable to any device torch supports, but bounded by
@@ -193,6 +194,7 @@ _TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 _KernelKey = tuple[str, torch.dtype, str]  # (kind, parameter dtype, device type)
 _compiled_kernels: dict[_KernelKey, Callable[..., None]] = {}
 _compile_failed: set[str] = set()
+_traced_kernels: set[Callable[..., None]] = set()  # compiled kernels already traced (see ThreefrySampler._trace)
 _compile_lock = threading.Lock()
 
 
@@ -270,12 +272,18 @@ class CounterSampler(Sampler):
                 self._run(piece, key, start_t, alpha_t, decay_t)
 
     def _run(self, flat: torch.Tensor, *args: torch.Tensor) -> None:
-        args = (flat, *args)
+        # detached: a view's autograd base (a 2-D weight, a 1-D norm, a block of a flat buffer) enters dynamo's
+        # guards, so each kind of base recompiled the kernel (with the tracing below, a gaussian pass over
+        # SmolLM2's weights went from 0.78 to 0.36 s on AVX2: benchmarks/rng/results/step.*.json)
+        args = tuple(arg.detach() for arg in (flat, *args))
         kernel = self._kernel(flat)
         if self.backend == "eager" or kernel is _EAGER_KERNELS[self.kind]:
             kernel(*args)
             return
         try:
+            if kernel not in _traced_kernels:
+                self._trace(kernel, *args)
+                _traced_kernels.add(kernel)
             kernel(*args)
         except Exception as error:  # no C++ compiler, unsupported device, ...
             if self.backend == "compiled":
@@ -288,6 +296,10 @@ class CounterSampler(Sampler):
                 stacklevel=3,
             )
             _EAGER_KERNELS[self.kind](*args)
+
+    def _trace(self, kernel: Callable[..., None], *args: torch.Tensor) -> None:
+        """Compile ``kernel`` before its first real call (here: by that call itself)."""
+        del kernel, args
 
     def sample(self, numel: int, direction: Direction, device: torch.device | str = "cpu") -> torch.Tensor:
         device = torch.device(device)
@@ -325,35 +337,35 @@ def _blend_(target: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, decay: t
         target.copy_((target.to(torch.float32) * decay + z * alpha).to(target.dtype))
 
 
-def threefry_block_pairs(region_numel: int, k0: torch.Tensor, k1: torch.Tensor, lo: torch.Tensor,
-                         hi: torch.Tensor, transform: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+def threefry_block_pairs(pairs: int, words: torch.Tensor, transform: Callable[..., tuple[torch.Tensor, torch.Tensor]],
                          device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two halves of one block: pairs ``lo .. lo + region_numel // 2 - 1`` (counter words ``(lo + t, hi)``)
-    through Threefry-2x32-20 and ``transform``."""
-    c0 = torch.arange(region_numel // 2, dtype=torch.int32, device=device) + lo
-    w0, w1 = threefry2x32(c0, hi, k0, k1)
+    """The two halves of one block: ``pairs`` draws, pair t with counter words ``(lo + t, hi)`` under key words
+    ``(k0, k1)``, where ``words = [k0, k1, lo, hi]`` (int32), through Threefry-2x32-20 and ``transform``."""
+    c0 = torch.arange(pairs, dtype=torch.int32, device=device) + words[2]
+    w0, w1 = threefry2x32(c0, words[3], words[0], words[1])
     return transform(w0, w1)
 
 
-def _threefry_update(first, second, k0, k1, lo, hi, alpha, decay, transform):  # type: ignore[no-untyped-def]
+def _threefry_update(first, second, words, coefficients, transform):  # type: ignore[no-untyped-def]
     # the two halves of a block come in as two (non-overlapping) tensors: one loop then computes each draw
     # once and stores its two numbers straight into them (slices of one input made inductor scatter through
-    # temporaries in a second pass)
-    z0, z1 = threefry_block_pairs(2 * first.shape[0], k0, k1, lo, hi, transform, first.device)
-    _blend_(first, z0, alpha, decay)
-    _blend_(second, z1, alpha, decay)
+    # temporaries in a second pass). The scalars come packed in two small tensors, [k0, k1, lo, hi] and
+    # [alpha, decay]: each 0-d tensor argument cost a torch.tensor call and a guard per kernel call.
+    z0, z1 = threefry_block_pairs(first.shape[0], words, transform, first.device)
+    _blend_(first, z0, coefficients[0], coefficients[1])
+    _blend_(second, z1, coefficients[0], coefficients[1])
 
 
-def _threefry_gaussian(first, second, k0, k1, lo, hi, alpha, decay):  # type: ignore[no-untyped-def]
-    _threefry_update(first, second, k0, k1, lo, hi, alpha, decay, gaussian_pair)
+def _threefry_gaussian(first, second, words, coefficients):  # type: ignore[no-untyped-def]
+    _threefry_update(first, second, words, coefficients, gaussian_pair)
 
 
-def _threefry_uniform(first, second, k0, k1, lo, hi, alpha, decay):  # type: ignore[no-untyped-def]
-    _threefry_update(first, second, k0, k1, lo, hi, alpha, decay, uniform_pair)
+def _threefry_uniform(first, second, words, coefficients):  # type: ignore[no-untyped-def]
+    _threefry_update(first, second, words, coefficients, uniform_pair)
 
 
-def _threefry_rademacher(first, second, k0, k1, lo, hi, alpha, decay):  # type: ignore[no-untyped-def]
-    _threefry_update(first, second, k0, k1, lo, hi, alpha, decay, rademacher_pair)
+def _threefry_rademacher(first, second, words, coefficients):  # type: ignore[no-untyped-def]
+    _threefry_update(first, second, words, coefficients, rademacher_pair)
 
 
 _EAGER_KERNELS.update({
@@ -386,41 +398,46 @@ class ThreefrySampler(CounterSampler):
     def numbers_drawn(self, numel: int) -> int:
         return numel  # numel numbers from ceil(numel / 2) draws
 
-    def _scalars(self, direction: Direction, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        k0, k1 = split_key(direction.key)
-        return (torch.tensor(k0, dtype=torch.int32, device=device), torch.tensor(k1, dtype=torch.int32, device=device))
-
-    def _blocks(self, numel: int) -> list[tuple[int, int]]:
-        """(first element, element count) of each even-sized block; an odd last element is handled apart."""
-        even = numel - numel % 2
-        return [(start, min(THREEFRY_BLOCK, even - start)) for start in range(0, even, THREEFRY_BLOCK)]
-
     def add_(self, flat: torch.Tensor, direction: Direction, alpha: float, decay: float = 1.0) -> None:
         device = flat.device
-        k0, k1 = self._scalars(direction, device)
+        key = split_key(direction.key)
         scalar_dtype = torch.float32 if device.type == "mps" else torch.float64
-        alpha_t = torch.tensor(alpha, dtype=scalar_dtype, device=device)
-        decay_t = torch.tensor(decay, dtype=scalar_dtype, device=device)
+        coefficients = torch.tensor([alpha, decay], dtype=scalar_dtype, device=device)
         numel = flat.numel()
-        for start, count in self._blocks(numel):
-            self._run_block(flat[start: start + count], start // 2, k0, k1, alpha_t, decay_t)
+        even = numel - numel % 2
+        for start in range(0, even, THREEFRY_BLOCK):
+            count = min(THREEFRY_BLOCK, even - start)
+            self._run_block(flat[start: start + count], start // 2, key, coefficients)
         if numel % 2:  # the last element: the first number of pair (numel - 1) / 2
             scratch = torch.cat([flat[-1:], flat.new_zeros(3)])  # 4 elements: pairs p and p + 1, no size-1 kernel
-            self._run_block(scratch, (numel - 1) // 2, k0, k1, alpha_t, decay_t, first_only=True)
+            self._run_block(scratch, (numel - 1) // 2, key, coefficients)
             flat[-1:].copy_(scratch[:1])
 
-    def _run_block(self, region: torch.Tensor, pair: int, k0: torch.Tensor, k1: torch.Tensor, alpha: torch.Tensor,
-                   decay: torch.Tensor, first_only: bool = False) -> None:
-        device = region.device
-        lo = torch.tensor(pair & 0x7FFFFFFF, dtype=torch.int32, device=device)
-        hi = torch.tensor(pair >> 31, dtype=torch.int32, device=device)
+    def _run_block(self, region: torch.Tensor, pair: int, key: tuple[int, int], coefficients: torch.Tensor) -> None:
+        """One even-sized block of 2m elements whose first pair is ``pair``: elements t and m + t from pair + t."""
+        words = torch.tensor([key[0], key[1], pair & 0x7FFFFFFF, pair >> 31], dtype=torch.int32, device=region.device)
         half = region.numel() // 2
-        if half == 1 and not first_only:  # dynamic shapes specialise on size 1: run 2 pairs, keep 1
+        if half == 1:  # dynamic shapes specialise on size 1: run 2 pairs, keep 1
             scratch = torch.cat([region[:1], region.new_zeros(1), region[1:], region.new_zeros(1)])
-            self._run(scratch[:2], scratch[2:], k0, k1, lo, hi, alpha, decay)
+            self._run(scratch[:2], scratch[2:], words, coefficients)
             region.copy_(scratch[[0, 2]])
             return
-        self._run(region[:half], region[half:], k0, k1, lo, hi, alpha, decay)
+        self._run(region[:half], region[half:], words, coefficients)
+
+    def _trace(self, kernel: Callable[..., None], first: torch.Tensor, second: torch.Tensor, *scalars: torch.Tensor) -> None:
+        """Compile ``kernel`` on a scratch buffer laid out so that one general graph serves every block.
+
+        dynamo traces with the first inputs it sees and reads their values as hints. On a real block the
+        second half starts where the first one's size ends, so duck shaping equated the two and the graph,
+        specialised on that, was slow; a tiny scratch block instead made inductor plan for six elements, as
+        slow. Here the halves have a block's size (2^20) and start at 0 and 2^20 + 17, then at 3 and
+        2^20 + 19: one graph, no recompilation, and on AVX2 2.5 ns per element for every tensor layout
+        against 2.6-4.3 (``benchmarks/rng/trace_layout.py``).
+        """
+        half = THREEFRY_BLOCK // 2
+        scratch = first.new_zeros(2 * half + 32)
+        kernel(scratch[:half].detach(), scratch[half + 17: 2 * half + 17].detach(), *scalars)
+        kernel(scratch[3: half + 3].detach(), scratch[half + 19: 2 * half + 19].detach(), *scalars)
 
     def sample(self, numel: int, direction: Direction, device: torch.device | str = "cpu") -> torch.Tensor:
         out = torch.zeros(numel, dtype=torch.float32, device=torch.device(device))
