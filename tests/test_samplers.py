@@ -95,3 +95,64 @@ def test_seed_mix_is_deterministic_and_spread() -> None:
     assert all(-(1 << 63) <= k < (1 << 63) for k in keys)
     assert seeds.name_id("model.layers.0.weight") == seeds.name_id("model.layers.0.weight")
     assert 0 <= seeds.unit_uniform(12345) < 1
+
+
+@pytest.fixture
+def fresh_kernel_registry(monkeypatch):
+    """A sampler kernel registry of our own, so a faked compiled kernel never leaks into other tests."""
+    from zotune.core import samplers
+
+    monkeypatch.setattr(samplers, "_compiled_kernels", {})
+    monkeypatch.setattr(samplers, "_traced_kernels", set())
+    monkeypatch.setattr(samplers, "_compile_failed", set())
+    return samplers
+
+
+def install_kernel(samplers, kind: str, kernel) -> None:
+    samplers._compiled_kernels[(kind, torch.float32, "cpu")] = kernel
+
+
+@pytest.mark.parametrize("name", ["gaussian", "uniform-splitmix"])
+def test_a_missing_compiler_falls_back_to_the_same_numbers(fresh_kernel_registry, name: str) -> None:
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    samplers = fresh_kernel_registry
+    sampler = make_sampler(name)
+
+    def no_compiler(*args):
+        raise InvalidCxxCompiler()
+
+    install_kernel(samplers, sampler.kind, no_compiler)
+    x = torch.zeros(1000)
+    with pytest.warns(RuntimeWarning, match="falls back to eager"):
+        sampler.add_(x, Direction(0, 1, 0, 0), 1.0)
+    assert sampler.kind in samplers._compile_failed
+    reference = make_sampler(name, backend="eager")
+    torch.testing.assert_close(x, reference.sample(1000, Direction(0, 1, 0, 0)), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "uniform-splitmix"])
+@pytest.mark.parametrize("when", ["while compiling", "after compiling"])
+def test_out_of_memory_and_other_errors_surface(fresh_kernel_registry, name: str, when: str) -> None:
+    """Only a missing compiler is absorbed: running out of memory (even wrapped by inductor) and any error of
+    an already compiled kernel reach the caller, and nothing is marked as failed to compile."""
+    from torch._inductor.exc import InductorError
+
+    samplers = fresh_kernel_registry
+    sampler = make_sampler(name)
+    errors = {
+        "while compiling": InductorError(torch.OutOfMemoryError("out of memory"), None),
+        "after compiling": OSError("a bad file descriptor at run time"),
+    }
+
+    def failing(*args):
+        raise errors[when]
+
+    install_kernel(samplers, sampler.kind, failing)
+    if when == "after compiling":
+        samplers._traced_kernels.add(failing)
+    with pytest.raises((InductorError, OSError)):
+        sampler.add_(torch.zeros(1000), Direction(0, 1, 0, 0), 1.0)
+    assert not samplers._compile_failed
+    assert samplers.is_compiler_failure(errors["while compiling"]) is False
+    assert samplers.is_compiler_failure(OSError("no cc")) is True

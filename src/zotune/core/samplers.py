@@ -198,6 +198,21 @@ _traced_kernels: set[Callable[..., None]] = set()  # compiled kernels already tr
 _compile_lock = threading.Lock()
 
 
+def is_compiler_failure(error: BaseException) -> bool:
+    """Whether ``error`` says that compiling is impossible here (no C++ compiler, no Triton for the device, ...),
+    which the samplers answer by falling back to eager kernels; never when running out of memory is anywhere in
+    its chain of causes."""
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        # inductor wraps the original error in InductorError.inner_exception
+        error = getattr(error, "inner_exception", None) or error.__cause__ or error.__context__  # type: ignore[assignment]
+    if any(isinstance(e, (MemoryError, torch.OutOfMemoryError)) for e in chain):
+        return False
+    return any(type(e).__module__.startswith(("torch._dynamo", "torch._inductor")) or isinstance(e, OSError)
+               for e in chain)
+
+
 def _compiled_kernel(kind: str, dtype: torch.dtype, device_type: str) -> Callable[..., None] | None:
     """The torch.compile'd kernel for ``kind`` on one dtype and device type, or None if compiling is
     impossible here.
@@ -280,26 +295,31 @@ class CounterSampler(Sampler):
         if self.backend == "eager" or kernel is _EAGER_KERNELS[self.kind]:
             kernel(*args)
             return
-        try:
-            if kernel not in _traced_kernels:
-                self._trace(kernel, *args)
-                _traced_kernels.add(kernel)
-            kernel(*args)
-        except Exception as error:  # no C++ compiler, unsupported device, ...
-            if self.backend == "compiled":
-                raise
-            _compile_failed.add(self.kind)
-            warnings.warn(
-                f"torch.compile is unavailable here ({type(error).__name__}: {error}); the {self.kind} sampler "
-                "falls back to eager kernels, which are several times slower",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            _EAGER_KERNELS[self.kind](*args)
+        if kernel not in _traced_kernels:
+            try:
+                applied = self._trace(kernel, *args)
+            except Exception as error:
+                if self.backend == "compiled" or not is_compiler_failure(error):
+                    raise  # out of memory, a bad input, ...: the caller's error, not a missing compiler
+                _compile_failed.add(self.kind)
+                warnings.warn(
+                    f"torch.compile is unavailable here ({type(error).__name__}: {error}); the {self.kind} sampler "
+                    "falls back to eager kernels, which are several times slower",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                _EAGER_KERNELS[self.kind](*args)
+                return
+            _traced_kernels.add(kernel)
+            if applied:
+                return
+        kernel(*args)  # compiled already: whatever it raises is a real error and surfaces
 
-    def _trace(self, kernel: Callable[..., None], *args: torch.Tensor) -> None:
-        """Compile ``kernel`` before its first real call (here: by that call itself)."""
-        del kernel, args
+    def _trace(self, kernel: Callable[..., None], *args: torch.Tensor) -> bool:
+        """Compile ``kernel`` before its first real call; True when that call was made here (by default the
+        first call itself compiles)."""
+        kernel(*args)
+        return True
 
     def sample(self, numel: int, direction: Direction, device: torch.device | str = "cpu") -> torch.Tensor:
         device = torch.device(device)
@@ -424,7 +444,7 @@ class ThreefrySampler(CounterSampler):
             return
         self._run(region[:half], region[half:], words, coefficients)
 
-    def _trace(self, kernel: Callable[..., None], first: torch.Tensor, second: torch.Tensor, *scalars: torch.Tensor) -> None:
+    def _trace(self, kernel: Callable[..., None], first: torch.Tensor, second: torch.Tensor, *scalars: torch.Tensor) -> bool:
         """Compile ``kernel`` on a scratch buffer laid out so that one general graph serves every block.
 
         dynamo traces with the first inputs it sees and reads their values as hints. On a real block the
@@ -438,6 +458,7 @@ class ThreefrySampler(CounterSampler):
         scratch = first.new_zeros(2 * half + 32)
         kernel(scratch[:half].detach(), scratch[half + 17: 2 * half + 17].detach(), *scalars)
         kernel(scratch[3: half + 3].detach(), scratch[half + 19: 2 * half + 19].detach(), *scalars)
+        return False
 
     def sample(self, numel: int, direction: Direction, device: torch.device | str = "cpu") -> torch.Tensor:
         out = torch.zeros(numel, dtype=torch.float32, device=torch.device(device))

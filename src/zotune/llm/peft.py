@@ -105,7 +105,9 @@ def _init_prefix_from_activations(peft_model: nn.Module, seed: int) -> None:
     n_tokens = weight.shape[0]
     vocab = lm.get_input_embeddings().weight.shape[0]
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (1, n_tokens), generator=gen, device=weight.device)
+    # drawn on the CPU (where the generator lives) and then moved: drawing on a CUDA model's device with a CPU
+    # generator raised, so the default run failed on any GPU (issue 15)
+    ids = torch.randint(0, vocab, (1, n_tokens), generator=gen).to(weight.device)
     out = lm(input_ids=ids, use_cache=True)
     cache = out.past_key_values
     rows = []
