@@ -21,6 +21,7 @@ from zotune.core import (
     make_sampler,
     register_sampler,
 )
+from zotune.core.distributed import LossSync, Weighted, parameters_fingerprint
 from zotune.core.replay import replay
 from zotune.methods import Component, available_methods, build_optimizer, compose, mezo, register_component
 from zotune.algorithms.dizo import DiZOProjection, dizo
@@ -35,6 +36,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "KerZOOEstimator",
+    "LossSync",
+    "Weighted",
+    "parameters_fingerprint",
     "kerzoo",
     "KerZOOUnbiasedEstimator",
     "kerzoo_unbiased",
@@ -71,3 +75,12 @@ __all__ = [
     "PeZOBlockSampler",
     "pezo_block",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``zotune.ZOTrainer`` without importing ``transformers.Trainer`` (seconds) on ``import zotune``."""
+    if name == "ZOTrainer":
+        from zotune.hf import ZOTrainer
+
+        return ZOTrainer
+    raise AttributeError(f"module 'zotune' has no attribute {name!r}")

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from zotune.core.distributed import LossSync
 from zotune.core.estimators import Estimator, TwoPointEstimator
 from zotune.core.optimizer import ZOOptimizer
 from zotune.core.samplers import Sampler
@@ -173,6 +174,7 @@ def compose(
     record_trajectory: bool = False,
     total_steps: int | None = None,
     fresh_closure: FreshClosure | None = None,
+    sync: LossSync | None = None,
     **options: Any,
 ) -> ZOOptimizer:
     """MeZO's parts with ``components`` swapped in; ``options`` go to the components (see the module
@@ -219,6 +221,7 @@ def compose(
         weight_decay=weight_decay,
         seed=seed,
         record_trajectory=record_trajectory,
+        sync=sync,
     )
 
 
@@ -241,7 +244,8 @@ def mezo(
     full fine-tuning setting (eps = 1e-3, no weight decay, constant lr; its grid is lr in {1e-6, 1e-7} for
     OPT). Further options (see :func:`compose`): ``difference`` ("central" or "forward"), ``sampler``
     (default: zotune's counter-based "gaussian"; "gaussian-torch" draws with ``torch.Generator``),
-    ``decay_mask`` (default: tensors with 2+ dimensions), ``extra_transforms``, ``record_trajectory``.
+    ``decay_mask`` (default: tensors with 2+ dimensions), ``extra_transforms``, ``record_trajectory``,
+    ``sync`` (a :class:`zotune.LossSync`: data parallelism across ranks).
     """
     return compose(params, (), lr=lr, eps=eps, weight_decay=weight_decay, seed=seed, n_queries=n_queries, **options)
 

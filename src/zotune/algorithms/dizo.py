@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any, Union
 import torch
 
 from zotune.algorithms.layer_selection import PRESETS, select_projection_targets
-from zotune.core.optimizer import scalar_loss
+from zotune.core.devices import wide_float
 from zotune.core.seeds import STREAM_AUX, mix, unit_uniform
 from zotune.core.transforms import Transform
 from zotune.methods import Component, Parts, Setup, compose, register_component
@@ -76,7 +76,6 @@ __all__ = [
     "dizo",
     "dizo_transform",
     "interpolate_",
-    "search_batch_indices",
 ]
 
 Closure = Callable[[], Any]
@@ -106,10 +105,10 @@ def _standard_normal(key: int) -> float:
     return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
 
 
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+def _work_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     # float32 is exact enough for half-precision weights; float32 weights get float64 so that a ratio
-    # of 1 reproduces them exactly (theta0 + (theta - theta0) rounds back to theta).
-    return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
+    # of 1 reproduces them exactly (theta0 + (theta - theta0) rounds back to theta), except on MPS (no float64)
+    return wide_float(device) if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 @torch.no_grad()
@@ -122,7 +121,7 @@ def interpolate_(dest: torch.Tensor, anchor: torch.Tensor, end: torch.Tensor, ra
     out = dest.detach()
     flat = out.view(-1) if out.is_contiguous() else out.contiguous().view(-1)
     a_flat, e_flat = anchor.reshape(-1), end.reshape(-1)
-    work = _work_dtype(out.dtype)
+    work = _work_dtype(out.dtype, out.device)
     for start in range(0, flat.numel(), _CHUNK):
         stop = min(start + _CHUNK, flat.numel())
         # copies: the work must never write into the anchor, nor into ``end`` when it is ``dest``
@@ -140,7 +139,8 @@ def displacement_norm(current: torch.Tensor, anchor: torch.Tensor) -> float:
     total = 0.0
     for start in range(0, c_flat.numel(), _CHUNK):
         stop = min(start + _CHUNK, c_flat.numel())
-        diff = c_flat[start:stop].to(torch.float64) - a_flat[start:stop].to(device=c_flat.device, dtype=torch.float64)
+        wide = wide_float(c_flat.device)
+        diff = c_flat[start:stop].to(wide) - a_flat[start:stop].to(device=c_flat.device, dtype=wide)
         total += float(diff.square().sum())
     return math.sqrt(total)
 
@@ -360,9 +360,8 @@ class DiZOProjection(Transform):
                 interpolate_(layer.param, layer.anchor, layer.param.detach(), ratio)
 
     def _forward(self, optimizer: ZOOptimizer, closure: Closure) -> float:
-        optimizer.forward_passes += 1
         self.search_forward_passes += 1
-        return scalar_loss(closure())
+        return optimizer.query_loss(closure)  # counts the pass; averaged across ranks under data parallelism
 
     # --- reporting and checkpoints ----------------------------------------------------------------
 

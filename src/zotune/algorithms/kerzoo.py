@@ -151,6 +151,7 @@ class TensorNormClip(Transform):
 
     name = "clip"
     stage = "gradient"
+    materializes = True  # sums the estimate into a dense buffer (the optimizer announces those sums)
 
     def __init__(self, max_norm: float = AUTHORS_CLIP_NORM) -> None:
         self.max_norm = _positive("clip_norm", max_norm)
@@ -162,9 +163,11 @@ class TensorNormClip(Transform):
         if update.is_zero():
             return update
         dense = ctx.materialize(item, update)
-        norm = float(torch.linalg.vector_norm(dense))
-        if norm > self.max_norm:  # type: ignore[operator]
-            dense.mul_(self.max_norm / norm)  # type: ignore[operator]
+        # min(1, max_norm / ||u||) computed on the device: reading the norm on the host was a blocking
+        # transfer per tensor on a GPU. The scale is the float64 quotient the host computed, and scaling by
+        # 1 leaves every bit, so the result is the same; a zero norm gives inf, clamped to 1.
+        norm = torch.linalg.vector_norm(dense).double()
+        dense.mul_(torch.clamp(self.max_norm / norm, max=1.0))  # type: ignore[operator]
         return TensorUpdate([], dense, update.decay)
 
     def __repr__(self) -> str:
@@ -184,6 +187,7 @@ class TwoSequenceAveraging(Transform):
 
     name = "averaging"
     stage = "update"
+    materializes = True
 
     def __init__(self, rate: float = AUTHORS_AVERAGING_RATE) -> None:
         self.rate = _positive("averaging_rate", rate)

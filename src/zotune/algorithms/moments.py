@@ -70,6 +70,7 @@ class Momentum(Transform):
 
     name = "momentum"
     stage = "gradient"
+    materializes = True  # sums the estimate into a dense buffer (the optimizer announces those sums)
 
     def __init__(self, beta: float = 0.9, window: int = 10) -> None:
         self.beta = _fraction("beta", beta)
@@ -139,6 +140,7 @@ class Adam(Transform):
 
     name = "adam"
     stage = "gradient"
+    materializes = True  # sums the estimate into a dense buffer (the optimizer announces those sums)
 
     def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps_adam: float = 1e-8) -> None:
         self.beta1 = _fraction("beta1", beta1)

@@ -59,6 +59,8 @@ from typing import Any
 
 import torch
 
+from zotune.core.devices import wide_float
+
 from zotune.core.samplers import Direction, Sampler, counter_bits
 from zotune.core.seeds import STREAM_AUX, mix
 
@@ -117,8 +119,9 @@ def norm_table(perms: torch.Tensor) -> torch.Tensor:
     the slots, so this is ||v_p|| for every call p, looked up with the value of perm_0 at p mod 2^b.
     """
     period = perms.shape[1]
-    norms = perms.to(torch.int64).square().sum(dim=0).to(torch.float64).sqrt()
-    table = torch.empty(period, dtype=torch.float64, device=perms.device)
+    wide = wide_float(perms.device)  # float64; float32 on MPS, which has no float64
+    norms = perms.to(torch.int64).square().sum(dim=0).to(wide).sqrt()
+    table = torch.empty(period, dtype=wide, device=perms.device)
     table[perms[0].to(torch.int64) + period // 2] = norms
     return table
 

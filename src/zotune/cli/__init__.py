@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # name of the module inside zotune.cli for each subcommand, in the order `zotune --help` lists them
-_SUBCOMMANDS: tuple[str, ...] = ("demo", "bench", "train", "eval", "replay", "tasks", "models", "methods")
+_SUBCOMMANDS: tuple[str, ...] = ("demo", "bench", "train", "eval", "replay", "export", "tasks", "models", "methods")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # as typed (``train --nproc`` relaunches it)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2

@@ -35,8 +35,9 @@ from typing import Any, NamedTuple
 
 import torch
 
+from zotune.core.distributed import LossSync, Weighted
 from zotune.core.estimators import Estimate, Estimator, TwoPointEstimator
-from zotune.core.samplers import Direction, Sampler, make_sampler
+from zotune.core.samplers import Direction, PlannedCall, Sampler, make_sampler
 from zotune.core.seeds import name_id
 from zotune.core.transforms import (
     DecoupledWeightDecay,
@@ -156,6 +157,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         weight_decay: decoupled weight decay (per group), applied where the decay transform's mask says.
         seed: the base seed every direction is derived from.
         record_trajectory: keep every :class:`StepRecord` in ``self.trajectory`` (a few bytes per step).
+        sync: data parallelism (:mod:`zotune.core.distributed`): every probe loss is averaged across the
+            ranks before use, so ranks that evaluate their own shard of the batch take the same step and
+            keep identical weights; 16 bytes exchanged per forward pass, no gradients, no weights.
 
     Example:
         >>> opt = ZOOptimizer(model.named_parameters(), lr=1e-6)
@@ -175,8 +179,11 @@ class ZOOptimizer(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         seed: int = 0,
         record_trajectory: bool = False,
+        sync: LossSync | None = None,
     ) -> None:
         validate_hyperparameters(lr, weight_decay)
+        if sync is not None and not isinstance(sync, LossSync):
+            raise ValueError(f"sync must be a zotune LossSync or None, got {type(sync).__name__}")
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"seed must be an int, got {seed!r}")
         params = list(params)
@@ -197,6 +204,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         if duplicated:
             raise ValueError(f"two transforms share the name {duplicated[0]!r}; their buffers would collide")
         self.base_seed = seed
+        self.sync = sync
         self.step_count = 0
         self.forward_passes = 0
         self.nonfinite_steps = 0
@@ -269,10 +277,19 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.sampler.apply_(param, direction, alpha, decay)
         self.last_step_random_numbers += self.sampler.numbers_drawn(param.numel())
 
+    def _run_pass(self, calls: Sequence[tuple[torch.Tensor, Direction, float, float]]) -> None:
+        """``param <- decay param + alpha z(direction)`` for each call in order, announced to the sampler first
+        so it can move every call's scalars to the device in one copy (on a GPU, one copy per tensor would
+        make a pass over a model thousands of tiny blocking transfers)."""
+        if not calls:
+            return
+        self.sampler.prepare([PlannedCall(p.numel(), p.device, d, a, k) for p, d, a, k in calls])
+        for param, direction, alpha, decay in calls:
+            self._apply_direction(param, direction, alpha, decay)
+
     def _displace_all(self, ctx: StepContext, query: int, scale: float) -> None:
-        for item in ctx.params:
-            radius = ctx.factors(query, item)[0]
-            self._apply_direction(item.param, ctx.direction(query, item), scale * radius)
+        self._run_pass([(item.param, ctx.direction(query, item), scale * ctx.factors(query, item)[0], 1.0)
+                        for item in ctx.params])
 
     def _scratch(self, param: torch.Tensor) -> torch.Tensor:
         """A reusable buffer of ``param``'s shape (float32 for half precision), shared by every tensor."""
@@ -285,14 +302,44 @@ class ZOOptimizer(torch.optim.Optimizer):
         return buffer[: param.numel()].view(param.shape)
 
     def _apply_updates(self, ctx: StepContext, pending: tuple[int, float] | None) -> None:
-        """theta_l <- decay (theta_l + pending) + chain(g_hat_l), tensor by tensor, in place."""
+        """theta_l <- decay (theta_l + pending) + chain(g_hat_l), tensor by tensor, in place.
+
+        The regenerations are collected and run as one pass (:meth:`_run_pass`); an update with a dense part
+        (which lives in a scratch the next tensor reuses) runs what is collected and is written at once."""
+        calls: list[tuple[torch.Tensor, Direction, float, float]] = []
+        if any(getattr(t, "materializes", False) for t in self.transforms):
+            self._announce_dense_updates(ctx, pending)
         for item in ctx.params:
             update = ctx.gradient(item)
             for transform in self.transforms:
                 update = transform.update(ctx, item, update)
-            self._write(ctx, item, update, pending)
+            if update.dense is None:
+                self._write(ctx, item, update, pending, calls)
+            else:
+                self._run_pass(calls)
+                calls = []
+                self._write(ctx, item, update, pending, None)
+        self._run_pass(calls)
+        self.sampler.release()
 
-    def _write(self, ctx: StepContext, item: Trainable, update: TensorUpdate, pending: tuple[int, float] | None) -> None:
+    def _announce_dense_updates(self, ctx: StepContext, pending: tuple[int, float] | None) -> None:
+        """Before a chain that sums each tensor's estimate into a dense buffer (KerZOO's clip, momentum, Adam):
+        announce those sums and the restores that follow them, so their scalars travel in one copy too
+        (a call the chain makes differently is simply not recognised and builds its own)."""
+        planned: list[PlannedCall] = []
+        for item in ctx.params:
+            numel, device = item.param.numel(), item.param.device
+            for direction, alpha in ctx.gradient(item).terms:
+                if alpha != 0.0:
+                    planned.append(PlannedCall(numel, device, direction, alpha, 1.0))
+            if pending is not None:
+                query, scale = pending
+                planned.append(PlannedCall(numel, device, ctx.direction(query, item), scale * ctx.factors(query, item)[0], 1.0))
+        self.sampler.prepare(planned)
+
+    def _write(self, ctx: StepContext, item: Trainable, update: TensorUpdate, pending: tuple[int, float] | None,
+               calls: list[tuple[torch.Tensor, Direction, float, float]] | None) -> None:
+        """Write one tensor's update: its regenerations run now (``calls`` None) or are appended to ``calls``."""
         terms = list(update.terms)
         decay = update.decay
         if pending is not None:  # the last probe's displacement, undone in the same pass as the update
@@ -306,11 +353,16 @@ class ZOOptimizer(torch.optim.Optimizer):
             else:
                 terms.insert(0, (direction, restore))
         decay_left = decay
+        mine: list[tuple[torch.Tensor, Direction, float, float]] = []
         for direction, alpha in terms:
             if alpha == 0.0 and decay_left == 1.0:
                 continue  # nothing to add for this direction (e.g. lr = 0 and no displacement)
-            self._apply_direction(item.param, direction, alpha, decay_left)
+            mine.append((item.param, direction, alpha, decay_left))
             decay_left = 1.0
+        if calls is not None and update.dense is None:
+            calls.extend(mine)  # decay_left != 1 only when there is no term, and then it touches only this tensor
+        else:
+            self._run_pass(mine)
         data = item.param.detach()
         if decay_left != 1.0:  # no term carried the decay
             data.mul_(decay_left)
@@ -318,6 +370,17 @@ class ZOOptimizer(torch.optim.Optimizer):
             data.add_(update.dense.to(data.dtype) if update.dense.dtype != data.dtype else update.dense)
 
     # --- the step -------------------------------------------------------------------------------------
+
+    def query_loss(self, closure: Closure) -> float:
+        """One forward pass: the closure's loss as a float, averaged across the ranks when the optimizer
+        has a ``sync`` (every component that evaluates a loss goes through here, so all ranks agree)."""
+        self.forward_passes += 1
+        value = closure()
+        if self.sync is None:
+            return scalar_loss(value.loss if isinstance(value, Weighted) else value)
+        if isinstance(value, Weighted):
+            return self.sync.mean_loss(scalar_loss(value.loss), float(value.weight))
+        return self.sync.mean_loss(scalar_loss(value))
 
     @torch.no_grad()
     def step(self, closure: Closure | None = None) -> torch.Tensor:  # type: ignore[override]
@@ -532,8 +595,7 @@ class _Prober:
         self.net.clear()
 
     def loss(self) -> float:
-        self.optimizer.forward_passes += 1
-        value = scalar_loss(self.closure())
+        value = self.optimizer.query_loss(self.closure)
         self.optimizer.last_step_losses.append(value)
         return value
 

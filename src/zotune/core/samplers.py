@@ -30,6 +30,8 @@ methods that reuse random numbers (PeZO) can be compared exactly.
 from __future__ import annotations
 
 import math
+import struct
+import sys
 import threading
 import types
 import warnings
@@ -66,10 +68,28 @@ class Direction(NamedTuple):
         return direction_key(self.base_seed, self.step, self.query, self.param_id)
 
 
+class PlannedCall(NamedTuple):
+    """One ``add_`` call a pass is about to make (see :meth:`Sampler.prepare`)."""
+
+    numel: int
+    device: torch.device
+    direction: Direction
+    alpha: float
+    decay: float
+
+
 class Sampler(ABC):
     """Regenerates unit-variance directions z and applies them in place."""
 
     name: str = "sampler"
+
+    def prepare(self, calls: list[PlannedCall]) -> None:
+        """Calls of ``add_`` the optimizer is about to make (a pass over the model). A sampler may move their
+        scalars to the device in one copy; each announced call is then recognised by its arguments, in any
+        order, and an unannounced one works as always. Default: nothing to do."""
+
+    def release(self) -> None:
+        """Forget what :meth:`prepare` announced and was not used (the optimizer calls it after a step)."""
 
     @abstractmethod
     def add_(self, flat: torch.Tensor, direction: Direction, alpha: float, decay: float = 1.0) -> None:
@@ -340,6 +360,32 @@ class CounterSampler(Sampler):
 # ---------------------------------------------------------------------------------------------------------
 
 THREEFRY_BLOCK = 1 << 21  # elements per block of the stream's layout (see ThreefrySampler)
+
+
+def _block_pairs(numel: int) -> list[int]:
+    """The first pair of each kernel call of a tensor of ``numel`` elements: one per block of its even part,
+    then, for an odd ``numel``, the pair whose first number is the last element."""
+    even = numel - numel % 2
+    pairs = [start // 2 for start in range(0, even, THREEFRY_BLOCK)]
+    if numel % 2:
+        pairs.append((numel - 1) // 2)
+    return pairs
+
+
+def _signed32(word: int) -> int:
+    """A 32-bit word as the int32 with the same bits."""
+    return word - (1 << 32) if word >= 1 << 31 else word
+
+
+def _float64_words(value: float) -> list[int]:
+    """The two int32 words (little-endian, as a float64 view of them reads) of ``value``'s float64 bits."""
+    bits = struct.unpack("<q", struct.pack("<d", value))[0]
+    return [_signed32(bits & 0xFFFFFFFF), _signed32((bits >> 32) & 0xFFFFFFFF)]
+
+
+class _StagedCall(NamedTuple):
+    coefficients: torch.Tensor  # [alpha, decay], float64 on the device
+    words: list[torch.Tensor]  # [k0, k1, lo, hi] per kernel call, int32 on the device
 _PAIR_TRANSFORMS: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
     "gaussian": gaussian_pair,
     "uniform": uniform_pair,
@@ -408,39 +454,102 @@ class ThreefrySampler(CounterSampler):
     computed.
     """
 
-    def __init__(self, kind: str = "gaussian", backend: str = "auto") -> None:
+    def __init__(self, kind: str = "gaussian", backend: str = "auto", stage: str = "auto") -> None:
         if kind not in _PAIR_TRANSFORMS:
             raise ValueError(f"unknown threefry sampler kind {kind!r}; choose one of {sorted(_PAIR_TRANSFORMS)}")
+        if stage not in ("auto", "always", "never"):
+            raise ValueError(f"stage must be 'auto', 'always' or 'never', got {stage!r}")
         super().__init__("gaussian", backend=backend)
         self.kind = f"threefry-{kind}"
         self.name = kind
+        # "auto": a pass's scalars go to an accelerator in one copy (prepare); on the CPU there is no copy to
+        # save and each call builds its own two small tensors
+        self.stage = stage
+        self.uploads = 0  # host-to-device copies of scalars made (staged passes count one each)
+        self._staged: dict[PlannedCall, list[_StagedCall]] = {}
+
+    def _stages(self, device: torch.device) -> bool:
+        if self.stage == "never" or device.type == "mps" or sys.byteorder != "little":
+            return False  # MPS: float32 scalars, per call; the packing writes float64 bits as little-endian words
+        return self.stage == "always" or device.type != "cpu"
+
+    def prepare(self, calls: list[PlannedCall]) -> None:
+        """Pack every call's scalars, ``[alpha, decay]`` as float64 and ``[k0, k1, lo, hi]`` per block, into one
+        int32 host buffer per device and copy it once; ``add_`` then takes views of the device copy."""
+        by_device: dict[torch.device, list[int]] = {}
+        waiting = {call: len(entries) for call, entries in self._staged.items()}
+        for index, call in enumerate(calls):
+            if waiting.get(call, 0) > 0:  # announced before and not used yet: nothing to copy again
+                waiting[call] -= 1
+            elif self._stages(call.device):
+                by_device.setdefault(call.device, []).append(index)
+        for device, indices in by_device.items():
+            words: list[int] = []
+            layout: list[tuple[int, list[int]]] = []
+            for index in indices:
+                call = calls[index]
+                coefficient_at = len(words)  # even: a float64 view needs 8-byte alignment
+                words.extend(_float64_words(call.alpha) + _float64_words(call.decay))
+                key = split_key(call.direction.key)
+                blocks = []
+                for pair in _block_pairs(call.numel):
+                    blocks.append(len(words))
+                    words.extend(_signed32(w) for w in (key[0], key[1], pair & 0x7FFFFFFF, pair >> 31))
+                layout.append((coefficient_at, blocks))
+            host = torch.tensor(words, dtype=torch.int32)
+            if device.type == "cuda":
+                host = host.pin_memory()
+            buffer = host.to(device, non_blocking=True)
+            self.uploads += 1
+            for index, (at, blocks) in zip(indices, layout):
+                call = calls[index]
+                self._staged.setdefault(call, []).append(
+                    _StagedCall(buffer[at: at + 4].view(torch.float64), [buffer[b: b + 4] for b in blocks]))
+
+    def release(self) -> None:
+        self._staged = {}
+
+    def _take_staged(self, flat: torch.Tensor, direction: Direction, alpha: float, decay: float) -> "_StagedCall | None":
+        """The prepared scalars of this exact call (same size, device, direction, alpha and decay), if announced."""
+        if not self._staged:
+            return None
+        waiting = self._staged.get(PlannedCall(flat.numel(), flat.device, direction, alpha, decay))
+        return waiting.pop(0) if waiting else None
 
     def numbers_drawn(self, numel: int) -> int:
         return numel  # numel numbers from ceil(numel / 2) draws
 
     def add_(self, flat: torch.Tensor, direction: Direction, alpha: float, decay: float = 1.0) -> None:
         device = flat.device
-        key = split_key(direction.key)
-        scalar_dtype = torch.float32 if device.type == "mps" else torch.float64
-        coefficients = torch.tensor([alpha, decay], dtype=scalar_dtype, device=device)
+        staged = self._take_staged(flat, direction, alpha, decay)
+        if staged is not None:
+            coefficients, block_words = staged.coefficients, staged.words
+        else:
+            key = split_key(direction.key)
+            scalar_dtype = torch.float32 if device.type == "mps" else torch.float64
+            coefficients = torch.tensor([alpha, decay], dtype=scalar_dtype, device=device)
+            block_words = [torch.tensor([key[0], key[1], pair & 0x7FFFFFFF, pair >> 31], dtype=torch.int32, device=device)
+                           for pair in _block_pairs(flat.numel())]
+            if device.type != "cpu":
+                self.uploads += 1 + len(block_words)
         numel = flat.numel()
         even = numel - numel % 2
-        for start in range(0, even, THREEFRY_BLOCK):
+        for index, start in enumerate(range(0, even, THREEFRY_BLOCK)):
             count = min(THREEFRY_BLOCK, even - start)
-            self._run_block(flat[start: start + count], start // 2, key, coefficients)
+            self._run_block(flat[start: start + count], block_words[index], coefficients)
         if numel % 2:  # the last element: the first number of pair (numel - 1) / 2
             scratch = torch.cat([flat[-1:], flat.new_zeros(3)])  # 4 elements: pairs p and p + 1, no size-1 kernel
-            self._run_block(scratch, (numel - 1) // 2, key, coefficients)
+            self._run_block(scratch, block_words[-1], coefficients)
             flat[-1:].copy_(scratch[:1])
 
-    def _run_block(self, region: torch.Tensor, pair: int, key: tuple[int, int], coefficients: torch.Tensor) -> None:
-        """One even-sized block of 2m elements whose first pair is ``pair``: elements t and m + t from pair + t."""
-        words = torch.tensor([key[0], key[1], pair & 0x7FFFFFFF, pair >> 31], dtype=torch.int32, device=region.device)
+    def _run_block(self, region: torch.Tensor, words: torch.Tensor, coefficients: torch.Tensor) -> None:
+        """One even-sized block of 2m elements, ``words = [k0, k1, lo, hi]`` with its first pair ``(lo, hi)``:
+        elements t and m + t from pair + t."""
         half = region.numel() // 2
         if half == 1:  # dynamic shapes specialise on size 1: run 2 pairs, keep 1
             scratch = torch.cat([region[:1], region.new_zeros(1), region[1:], region.new_zeros(1)])
             self._run(scratch[:2], scratch[2:], words, coefficients)
-            region.copy_(scratch[[0, 2]])
+            region.copy_(scratch[0::2])  # a strided view: an index list would be a host-to-device copy
             return
         self._run(region[:half], region[half:], words, coefficients)
 

@@ -81,6 +81,9 @@ class Transform(ABC):
         keeps_terms: True if ``update`` returns an update still held as seeded terms when given one (no
             dense part); a transform that rebuilds past steps from their seeds must come before any
             transform that does not.
+        materializes: True if ``update`` sums the estimate's terms into a dense buffer
+            (:meth:`StepContext.materialize`): the optimizer then announces those sums to the sampler, so
+            their scalars reach an accelerator in one copy per step.
     """
 
     name: str = "transform"
@@ -88,6 +91,7 @@ class Transform(ABC):
     replayable: bool = True
     period: int = 0
     keeps_terms: bool = False
+    materializes: bool = False
 
     def config(self) -> dict[str, Any]:
         """The transform's settings (saved in the optimizer's state dict, compared on load)."""

@@ -160,8 +160,11 @@ def prepare_tokenizer(tok: object, model: torch.nn.Module | None = None) -> obje
     return tok
 
 
-def load_model(name: str, *, dtype: str | torch.dtype | None = "float32", quiet: bool = True) -> LoadedModel:
-    """Load a causal LM and its tokenizer by alias, local folder or hub id.
+def load_model(name: str, *, dtype: str | torch.dtype | None = "float32", quiet: bool = True,
+               device_map: str | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer by alias, local folder or hub id; ``device_map`` (e.g. ``"auto"``)
+    spreads its layers over the available devices with accelerate (a ZO optimizer needs no change: each
+    tensor's direction is drawn on the tensor's own device).
 
     Raises ``ValueError`` naming the known aliases when ``name`` is none of these.
     """
@@ -182,7 +185,8 @@ def load_model(name: str, *, dtype: str | torch.dtype | None = "float32", quiet:
         raise _unknown_model_error(name, "not an alias, an existing folder or a hub id of the form owner/name")
     try:
         tok = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        placement = {"device_map": device_map} if device_map is not None else {}
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **placement)
     except (OSError, ValueError) as exc:
         if name in MODEL_ALIASES or Path(name).expanduser().exists():
             raise

@@ -13,6 +13,13 @@ output embedding that are needed.
 * General path: one sequence per (example, candidate); full-vocabulary log-softmax, but only at
   the candidate's positions, never at the prompt's.
 
+Doing the projection by hand means repeating what the model's forward does after its LM head: Granite
+divides the logits by ``config.logits_scaling``, Cohere multiplies them by ``logit_scale``, Gemma 2/3
+soft-cap them. The hand head is used only for the exact transformers classes listed in ``_HAND_HEADS``,
+each read from its forward and checked against it in the tests; any other model (a subclass, a class
+not listed, an LM head that is not a plain ``nn.Linear``, e.g. one with a LoRA adapter) is scored from
+its own full logits at the same positions, with a one-time warning: slower, never wrong.
+
 A batch is not padded to its longest sequence in one forward: its sequences are sorted by length and
 cut into the groups that minimise padded tokens plus a fixed cost per forward call
 (:func:`length_groups`; the cost is scaled to the model's size by :func:`group_overhead_for`). Right padding under an attention mask leaves the real tokens' hidden states
@@ -22,7 +29,8 @@ unchanged, so this only removes work (on ``mr`` batches of 16: 30% fewer tokens,
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -126,21 +134,84 @@ def _capture_hidden(model: nn.Module) -> Iterator[_HiddenCapture]:
         lm.set_output_embeddings(head)
 
 
+@dataclass(frozen=True)
+class _HeadRule:
+    """What a ``*ForCausalLM.forward`` does to the output of its LM head before returning the logits.
+
+    Each field names where the forward reads its constant, so the hand head reads the same value the
+    model would (a config edited after loading changes both alike).
+    """
+
+    divide_by_config: str | None = None  # Granite family: logits / config.<name>
+    multiply_by_attribute: str | None = None  # Cohere family: logits * self.<name> (copied from the config at init)
+    softcap_config: str | None = None  # Gemma 2/3: tanh(logits / cap) * cap with cap = config.<name>, unless None
+
+
+_PLAIN = _HeadRule()
+_GRANITE = _HeadRule(divide_by_config="logits_scaling")
+_COHERE = _HeadRule(multiply_by_attribute="logit_scale")
+_GEMMA_SOFTCAP = _HeadRule(softcap_config="final_logit_softcapping")
+
+# The contract of the fast path: the exact transformers classes whose logits are ``rule(lm_head(hidden))`` with
+# ``lm_head`` a plain ``nn.Linear`` (checked at run time) and nothing else after it. Read from each class's
+# ``forward`` in transformers 5.24, and each entry is checked against the model's own forward on a tiny
+# model in tests/test_llm_objectives.py. Any other class -- a subclass too, since it may override
+# ``forward`` -- gets its logits from the model's own forward (exact, but the full vocabulary at every position).
+# Deliberately absent although their heads are known: multimodal wrappers (Gemma3ForConditionalGeneration
+# and the like, whose forward differs from their text model's), HyperCLOVAX (logits * config.logits_scaling),
+# FalconH1 (* model.lm_head_multiplier), RecurrentGemma / xLSTM / Inkling (other caps), which nothing tests.
+_HAND_HEADS: dict[str, _HeadRule] = {
+    **dict.fromkeys((
+        "LlamaForCausalLM", "MistralForCausalLM", "MinistralForCausalLM", "MixtralForCausalLM",
+        "Qwen2ForCausalLM", "Qwen2MoeForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM",
+        "GemmaForCausalLM", "PhiForCausalLM", "Phi3ForCausalLM", "OPTForCausalLM", "GPT2LMHeadModel",
+        "GPTNeoXForCausalLM", "GPTNeoForCausalLM", "GPTJForCausalLM", "OlmoForCausalLM", "Olmo2ForCausalLM",
+        "Olmo3ForCausalLM", "StableLmForCausalLM", "Starcoder2ForCausalLM", "SmolLM3ForCausalLM",
+        "BloomForCausalLM", "GPTBigCodeForCausalLM", "FalconForCausalLM", "GlmForCausalLM", "Glm4ForCausalLM",
+        "HeliumForCausalLM",
+    ), _PLAIN),
+    **dict.fromkeys(("Gemma2ForCausalLM", "Gemma3ForCausalLM"), _GEMMA_SOFTCAP),
+    **dict.fromkeys(("GraniteForCausalLM", "GraniteMoeForCausalLM", "GraniteMoeSharedForCausalLM",
+                     "GraniteMoeHybridForCausalLM"), _GRANITE),
+    **dict.fromkeys(("CohereForCausalLM", "Cohere2ForCausalLM"), _COHERE),
+}
+
+_WARNED_MODEL_LOGITS: set[str] = set()  # classes already reported as taking the model-logits path
+
+
 @dataclass
 class _Head:
-    """The output projection: weight rows, optional bias, and Gemma-2/3's final logit soft-capping."""
+    """The output projection done by hand: weight rows, optional bias, then the model's own post-head steps
+    (Granite's division, Cohere's scale, Gemma's soft-capping) in the order its forward applies them."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
-    softcap: float | None
+    divide: float | None = None
+    multiply: float | None = None
+    softcap: float | None = None
 
     @classmethod
-    def of(cls, model: nn.Module) -> "_Head":
+    def of(cls, model: nn.Module) -> "_Head | str":
+        """The hand head of ``model``, or why its logits cannot be proved equal to the model's own."""
+        import transformers
+
         lm = base_causal_lm(model)
+        kind = type(lm)
+        rule = _HAND_HEADS.get(kind.__name__)
+        if rule is None or getattr(transformers, kind.__name__, None) is not kind:
+            return f"{kind.__module__}.{kind.__qualname__} is not a transformers class whose LM head zotune reproduces"
         head = lm.get_output_embeddings()
-        config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
-        cap = getattr(config, "final_logit_softcapping", None)
-        return cls(head.weight, getattr(head, "bias", None), float(cap) if cap else None)
+        if type(head) is not nn.Linear:
+            return f"the LM head of {kind.__name__} is a {type(head).__name__}, not a plain nn.Linear"
+        divide = multiply = softcap = None
+        if rule.divide_by_config is not None:
+            divide = float(getattr(lm.config, rule.divide_by_config))
+        if rule.multiply_by_attribute is not None:
+            multiply = float(getattr(lm, rule.multiply_by_attribute))
+        if rule.softcap_config is not None:
+            cap = getattr(lm.config, rule.softcap_config, None)
+            softcap = None if cap is None else float(cap)
+        return cls(head.weight, head.bias, divide, multiply, softcap)
 
     def logits(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """float32 logits of ``hidden`` (..., H) for token ``rows`` (or the whole vocabulary)."""
@@ -148,6 +219,10 @@ class _Head:
         out = hidden.float() @ weight.float().transpose(-1, -2)
         if self.bias is not None:
             out = out + (self.bias if rows is None else self.bias[rows]).float()
+        if self.divide is not None:
+            out = out / self.divide
+        if self.multiply is not None:
+            out = out * self.multiply
         if self.softcap is not None:
             out = torch.tanh(out / self.softcap) * self.softcap
         return out
@@ -256,33 +331,86 @@ class Scorer:
             raise RuntimeError("the model's forward did not call its LM head")
         return capture.hidden
 
-    def hidden_at(self, seqs: Sequence[list[int]], positions: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Final hidden states at ``positions[i]`` of each sequence ``i``, stacked in order into (sum of the
-        counts, H), from forwards over length groups (:func:`length_groups`) instead of one padded batch."""
+    def model_logits(self, seqs: Sequence[list[int]]) -> torch.Tensor:
+        """The model's own logits (B, L, V) of the padded sequences: its full forward, LM head included."""
+        ids, mask = self._pad(seqs)
+        logits = getattr(self.model(input_ids=ids, attention_mask=mask, use_cache=False), "logits", None)
+        if not isinstance(logits, torch.Tensor) or logits.shape[:2] != ids.shape:
+            raise RuntimeError(f"{type(base_causal_lm(self.model)).__name__} did not return logits of shape "
+                               f"(batch, length, vocabulary) for input of shape {tuple(ids.shape)}")
+        return logits
+
+    def _at_positions(self, seqs: Sequence[list[int]], positions: Sequence[Sequence[int]],
+                      forward: Callable[[Sequence[list[int]]], torch.Tensor]) -> torch.Tensor:
+        """``forward``'s rows at ``positions[i]`` of each sequence ``i``, stacked in order into (sum of the
+        counts, ...), from forwards over length groups (:func:`length_groups`) instead of one padded batch."""
         parts: list[torch.Tensor | None] = [None] * len(seqs)
         lengths = [len(s) for s in seqs]
         groups = [list(range(len(seqs)))] if self.group_overhead is None else length_groups(lengths, self.group_overhead)
         for group in groups:
-            hidden = self.hidden_states([seqs[i] for i in group])
+            out = forward([seqs[i] for i in group])
             for row, i in enumerate(group):
-                parts[i] = hidden[row, torch.as_tensor(list(positions[i]), dtype=torch.long, device=hidden.device)]
+                parts[i] = out[row, torch.as_tensor(list(positions[i]), dtype=torch.long, device=out.device)]
         return torch.cat(parts)  # type: ignore[arg-type]
+
+    def hidden_at(self, seqs: Sequence[list[int]], positions: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Final hidden states at ``positions[i]`` of each sequence ``i``, stacked in order into (sum of the
+        counts, H)."""
+        return self._at_positions(seqs, positions, self.hidden_states)
+
+    def model_logits_at(self, seqs: Sequence[list[int]], positions: Sequence[Sequence[int]]) -> torch.Tensor:
+        """The model's own float32 logits at ``positions[i]`` of each sequence ``i``, stacked in order into (sum of
+        the counts, V)."""
+        return self._at_positions(seqs, positions, self.model_logits).float()
+
+    # --- logits ---
+    def _head(self) -> _Head | None:
+        """The hand head when the model's class is on the fast path's list (``_HAND_HEADS``), else None: the
+        scores then come from the model's own logits, and the first time per class a warning says so."""
+        found = _Head.of(self.model)
+        if isinstance(found, _Head):
+            return found
+        kind = type(base_causal_lm(self.model))
+        name = f"{kind.__module__}.{kind.__qualname__}"
+        if name not in _WARNED_MODEL_LOGITS:
+            _WARNED_MODEL_LOGITS.add(name)
+            warnings.warn(f"zotune scores {name} from the model's own full-vocabulary logits (slower, same scores): "
+                          f"{found}", UserWarning, stacklevel=3)
+        return None
+
+    @property
+    def uses_model_logits(self) -> bool:
+        """True when scores come from the model's own forward instead of the hand head (an unlisted class)."""
+        return not isinstance(_Head.of(self.model), _Head)
+
+    def _vocab_logits_at(self, seqs: Sequence[list[int]], positions: Sequence[Sequence[int]],
+                         head: _Head | None) -> torch.Tensor:
+        """float32 full-vocabulary logits (sum of the counts, V) at ``positions``: from the hand head at just
+        those positions, or from the model's forward when ``head`` is None."""
+        if head is None:
+            return self.model_logits_at(seqs, positions)
+        return head.logits(self.hidden_at(seqs, positions))
 
     # --- scores ---
     def candidate_scores(self, examples: Sequence[Example], fast: bool = True) -> list[torch.Tensor]:
         """Per example, a float32 vector of candidate scores (mean log-prob of the candidate's tokens;
         in the fast path, up to a per-example constant that cancels in softmax and argmax)."""
-        head = _Head.of(self.model)
+        head = self._head()
         splits = [self.single_token_split(ex) for ex in examples] if fast else [None] * len(examples)
         singles = [None if split is None else split[1] for split in splits]
         out: list[torch.Tensor | None] = [None] * len(examples)
         fast_idx = [i for i, s in enumerate(singles) if s is not None]
         if fast_idx:
             seqs = [splits[i][0] for i in fast_idx]  # type: ignore[index]
-            h = self.hidden_at(seqs, [[len(s) - 1] for s in seqs])  # (B, H): each prompt's last position
-            for row, i in enumerate(fast_idx):
-                rows = torch.tensor(singles[i], device=h.device)
-                out[i] = head.logits(h[row], rows)
+            last = [[len(s) - 1] for s in seqs]  # each prompt's last position
+            if head is None:
+                z = self.model_logits_at(seqs, last)  # (B, V)
+                for row, i in enumerate(fast_idx):
+                    out[i] = z[row, torch.tensor(singles[i], device=z.device)]
+            else:
+                h = self.hidden_at(seqs, last)  # (B, H)
+                for row, i in enumerate(fast_idx):
+                    out[i] = head.logits(h[row], torch.tensor(singles[i], device=h.device))
         slow_idx = [i for i, s in enumerate(singles) if s is None]
         if slow_idx:
             seqs, owners, starts = [], [], []
@@ -303,18 +431,17 @@ class Scorer:
                 pos += n
         return out  # type: ignore[return-value]
 
-    def _token_logprobs(self, seqs: list[list[int]], starts: list[int], head: _Head) -> list[torch.Tensor]:
+    def _token_logprobs(self, seqs: list[list[int]], starts: list[int], head: _Head | None) -> list[torch.Tensor]:
         """log p(token) of each sequence's tokens from ``start`` on, with the vocabulary projection done
-        only at those positions."""
+        only at those positions (or the model's own logits there when ``head`` is None)."""
         positions, targets, sizes = [], [], []
         for s, start in zip(seqs, starts):
             positions.append(range(start - 1, len(s) - 1))  # position t predicts token t+1
             targets += s[start:]
             sizes.append(len(s) - start)
-        h = self.hidden_at(seqs, positions)
-        dev = h.device
-        logp = torch.log_softmax(head.logits(h), dim=-1)
-        picked = logp.gather(1, torch.tensor(targets, device=dev)[:, None])[:, 0]
+        logits = self._vocab_logits_at(seqs, positions, head)
+        logp = torch.log_softmax(logits, dim=-1)
+        picked = logp.gather(1, torch.tensor(targets, device=logp.device)[:, None])[:, 0]
         return list(torch.split(picked, sizes))
 
     # --- losses ---
@@ -331,7 +458,7 @@ class Scorer:
             full, start = self.encode(ex.prompt, ex.target)
             seqs.append(full)
             starts.append(start)
-        token_lp = self._token_logprobs(seqs, starts, _Head.of(self.model))
+        token_lp = self._token_logprobs(seqs, starts, self._head())
         return -torch.cat(token_lp).mean()
 
     def predictions(self, examples: Sequence[Example], fast: bool = True) -> list[int]:
@@ -339,8 +466,17 @@ class Scorer:
 
     @torch.no_grad()
     def generate(self, examples: Sequence[Example], max_new_tokens: int = 50) -> list[str]:
-        """Greedy answers, cut at the first newline (MeZO's QA decoding)."""
+        """Greedy answers, cut at the first newline (MeZO's QA decoding).
+
+        A prefix-tuned model is decoded by :meth:`greedy_by_forward`, not ``generate``: with peft 0.21.2 and
+        transformers 5.24, ``PeftModelForCausalLM.generate`` puts the prefix under ``past_key_values`` while
+        transformers keeps its own (empty) cache under ``cache`` and ignores the other, so the answers were the
+        base model's, as if the prefix had never been trained.
+        """
         seqs = [self.encode(ex.prompt, "")[0][-max(1, self.max_length - max_new_tokens):] for ex in examples]
+        if _is_prefix_tuned(self.model):
+            texts = self.tok.batch_decode(self.greedy_by_forward(seqs, max_new_tokens), skip_special_tokens=True)
+            return [t.lstrip(" ").split("\n", 1)[0].strip() for t in texts]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -355,6 +491,33 @@ class Scorer:
         out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
         texts = self.tok.batch_decode(out[:, width:], skip_special_tokens=True)
         return [t.lstrip(" ").split("\n", 1)[0].strip() for t in texts]
+
+    @torch.no_grad()
+    def greedy_by_forward(self, seqs: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """Greedy new tokens after each sequence, by the model's own forward over the whole sequence at every
+        step (no key/value cache; each row stops at EOS or once its new text holds a newline).
+
+        Slower than ``generate`` by re-running the prompt at each step, but it is exactly the forward that
+        training scores, prefix included, whatever the libraries do with caches in ``generate``.
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        head = self._head()
+        eos = self.tok.eos_token_id
+        new: list[list[int]] = [[] for _ in seqs]
+        live = list(range(len(seqs)))
+        for _ in range(max_new_tokens):
+            if not live:
+                break
+            current = [list(seqs[i]) + new[i] for i in live]
+            logits = self._vocab_logits_at(current, [[len(s) - 1] for s in current], head)
+            still = []
+            for i, token in zip(live, logits.argmax(-1).tolist()):
+                new[i].append(token)
+                if token != eos and "\n" not in self.tok.decode(new[i], skip_special_tokens=True):
+                    still.append(i)
+            live = still
+        return new
 
     def nondiff_loss(self, examples: Sequence[Example], objective: str, max_new_tokens: int = 50) -> torch.Tensor:
         """Minus the batch's F1 (generation) or accuracy (candidates) of the model's own output.
@@ -380,6 +543,12 @@ class Scorer:
         if objective == "lm":
             return self.lm_loss(examples)
         return self.nondiff_loss(examples, objective, max_new_tokens=max_new_tokens)
+
+
+def _is_prefix_tuned(model: nn.Module) -> bool:
+    """Whether ``model`` is a peft model whose active adapter is prefix tuning."""
+    config = getattr(model, "active_peft_config", None)
+    return getattr(config, "peft_type", None) == "PREFIX_TUNING"  # peft's PeftType is a str enum
 
 
 def _newline_stop(tokenizer, prompt_width: int):

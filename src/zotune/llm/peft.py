@@ -8,7 +8,9 @@ attention block), so one code path serves OPT, Llama, Gemma, Qwen and GPT-2-styl
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -91,6 +93,22 @@ def _embedding_params(model: nn.Module) -> set[int]:
     return ids
 
 
+def _returned_cache(output: Mapping[str, Any]) -> Any:
+    """The key/value cache a ``use_cache=True`` forward returned.
+
+    transformers 5 (5.24 here) renamed the output field ``past_key_values`` to ``cache`` and keeps the old name
+    only as a deprecated alias: reading it logs "`past_key_values`/`cache_params` are deprecated. Use `cache`
+    instead." (the forward argument of that name is announced to go in 5.40; the alias has no date). The new
+    name is read first, the old one only from versions that lack it.
+    """
+    cache = output.get("cache")
+    if cache is None:
+        cache = output.get("past_key_values")
+    if cache is None:
+        raise ValueError(f"the forward returned no key/value cache (output fields: {', '.join(output.keys())})")
+    return cache
+
+
 @torch.no_grad()
 def _init_prefix_from_activations(peft_model: nn.Module, seed: int) -> None:
     """MeZO's prefix init: the keys/values of real vocabulary tokens run through the frozen model.
@@ -108,8 +126,7 @@ def _init_prefix_from_activations(peft_model: nn.Module, seed: int) -> None:
     # drawn on the CPU (where the generator lives) and then moved: drawing on a CUDA model's device with a CPU
     # generator raised, so the default run failed on any GPU (issue 15)
     ids = torch.randint(0, vocab, (1, n_tokens), generator=gen).to(weight.device)
-    out = lm(input_ids=ids, use_cache=True)
-    cache = out.past_key_values
+    cache = _returned_cache(lm(input_ids=ids, use_cache=True))
     rows = []
     for layer in cache.layers:
         # (1, kv_heads, tokens, head_dim) -> (tokens, kv_heads * head_dim)

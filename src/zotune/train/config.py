@@ -81,6 +81,9 @@ class ModelConfig(_Section):
     lora_alpha: int = _opt(16, "LoRA alpha", type=int, minimum=1)
     prefix_tokens: int = _opt(5, "prefix-tuning virtual tokens", type=int, minimum=1)
     train_embeddings: bool = _opt(False, "full fine-tuning: also perturb the token embedding / LM head", type=bool)
+    device_map: str | None = _opt(None, "spread a model too large for one device over several (accelerate's "
+                                  "device_map; --device is then ignored)",
+                                  choices=("auto", "balanced", "balanced_low_0", "sequential"))
 
 
 @dataclass
@@ -160,6 +163,8 @@ class RunConfig(_Section):
     progress: bool = _opt(True, "show progress bars", type=bool)
     threads: int | None = _opt(None, "torch CPU threads (default: torch's choice)", type=int, minimum=1)
     device: str = _opt("auto", "auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    tensorboard: bool = _opt(False, "also write every metrics.jsonl record as TensorBoard scalars to <out>/tensorboard "
+                                    "(needs the tensorboard package: pip install 'zotune[tensorboard]')", type=bool)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import sys
 import time
 import warnings
@@ -21,6 +22,7 @@ from typing import Any, Callable
 
 import torch
 
+from zotune.core.distributed import LossSync, Weighted
 from zotune.core.seeds import STREAM_AUX, mix
 from zotune.llm.evaluate import evaluate
 from zotune.llm.models import LoadedModel, load_model
@@ -29,13 +31,14 @@ from zotune.llm.peft import PeftSettings, apply_peft, trainable_parameters
 from zotune.llm.tasks import CustomTaskSpec, Splits, Task, get_task, make_custom_task, sample_splits
 from zotune.train.checkpoint import CHECKPOINT_DIR, latest_resume, load_resume, restore_best, save_checkpoint
 from zotune.train.config import TrainConfig, load_config_file, resolve_config
+from zotune.train.distributed import RankContext
 from zotune.train.plot import plot_run
-from zotune.train.run_folder import RunFolder, check_out_folder, default_run_name
+from zotune.train.run_folder import RunFolder, check_out_folder, check_tensorboard, default_run_name
 from zotune.train.runner import BatchSampler, Runner, RunnerState, RunInterrupted, TrainingDiverged
 from zotune.train.seedlog import SEED_LOG, SeedLog
 
 __all__ = ["TrainingDiverged", "RunInterrupted", "resolve_task", "prepare_data", "train", "resume", "BatchSampler",
-           "fresh_batch_indices", "load_run_config", "check_method", "build_trainable_model", "build_run_optimizer"]
+           "fresh_batch_indices", "load_run_config", "check_method", "check_job", "check_resume", "build_trainable_model", "build_run_optimizer"]
 
 
 def resolve_task(cfg: TrainConfig) -> Task:
@@ -117,19 +120,22 @@ def build_trainable_model(cfg: TrainConfig, model: torch.nn.Module, device: torc
     m = cfg.model
     settings = PeftSettings(lora_r=m.lora_r, lora_alpha=m.lora_alpha, num_virtual_tokens=m.prefix_tokens,
                             train_embeddings=m.train_embeddings)
-    model = apply_peft(model, m.peft, settings, seed=cfg.run.seed).to(device)
+    model = apply_peft(model, m.peft, settings, seed=cfg.run.seed)
+    if m.device_map is None:  # a dispatched model stays where accelerate put each layer
+        model = model.to(device)
     model.eval()  # no dropout: both probes of a step must evaluate the same function
     return model
 
 
 def build_run_optimizer(cfg: TrainConfig, params: list[tuple[str, torch.Tensor]],
-                        fresh_closure: Callable[[int, int], Callable[[], torch.Tensor]] | None) -> Any:
+                        fresh_closure: Callable[[int, int], Callable[[], Any]] | None,
+                        sync: LossSync | None = None) -> Any:
     import zotune
 
     return zotune.build_optimizer(cfg.method.name, params, lr=cfg.resolved_lr, eps=cfg.resolved_eps,
                                   weight_decay=cfg.method.weight_decay, seed=cfg.run.seed,
                                   n_queries=cfg.method.n_queries, total_steps=cfg.run.steps or None,
-                                  fresh_closure=fresh_closure, **dict(cfg.method.options))
+                                  fresh_closure=fresh_closure, sync=sync, **dict(cfg.method.options))
 
 
 def train(cfg: TrainConfig, *, loaded: LoadedModel | None = None,
@@ -138,13 +144,16 @@ def train(cfg: TrainConfig, *, loaded: LoadedModel | None = None,
     return _Job(cfg, echo=echo).execute(loaded=loaded)
 
 
-def resume(run_dir: str | Path, *, loaded: LoadedModel | None = None, progress: bool | None = None,
-           echo: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Continue the run in ``run_dir`` from its last checkpoint; the result equals an uninterrupted run."""
+def check_job(cfg: TrainConfig) -> None:
+    """Every check ``train`` makes before the model loads (options, task, data, method, device, run folder),
+    without loading it: what ``zotune train --nproc`` runs before it launches the ranks."""
+    _Job(cfg).validate()
+
+
+def check_resume(run_dir: str | Path) -> tuple[RunFolder, TrainConfig, Path]:
+    """The run folder, its config and its last checkpoint, or a ValueError saying why it cannot resume."""
     folder = RunFolder.open(run_dir)
     cfg = load_run_config(folder.path)
-    if progress is not None:
-        cfg.run.progress = progress
     summary_path = folder.path / "summary.json"
     if summary_path.is_file():
         status = folder.read_json("summary.json").get("status")
@@ -154,6 +163,15 @@ def resume(run_dir: str | Path, *, loaded: LoadedModel | None = None, progress: 
     if checkpoint is None:
         raise ValueError(f"{folder.path} has no checkpoint yet (it stopped before its first one): "
                          f"start it again with `zotune train --config {folder.path / 'config.yaml'} --overwrite`")
+    return folder, cfg, checkpoint
+
+
+def resume(run_dir: str | Path, *, loaded: LoadedModel | None = None, progress: bool | None = None,
+           echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its last checkpoint; the result equals an uninterrupted run."""
+    folder, cfg, checkpoint = check_resume(run_dir)
+    if progress is not None:
+        cfg.run.progress = progress
     return _Job(cfg, echo=echo, resume_folder=folder, resume_checkpoint=checkpoint).execute(loaded=loaded)
 
 
@@ -165,11 +183,34 @@ class _Job:
         self.cfg = cfg
         self.echo = echo or (lambda msg: print(msg, file=sys.stderr))
         self.resume_folder, self.resume_checkpoint = resume_folder, resume_checkpoint
+        self.ranks = RankContext()
 
     def evaluate(self, scorer: Scorer, examples: list, name: str) -> dict[str, float]:
+        """Metrics of ``examples``; under data parallelism each rank scores its shard and the ranks combine."""
         d = self.cfg.data
-        return evaluate(scorer, self.task, examples, batch_size=d.eval_batch_size, max_new_tokens=d.max_new_tokens,
-                        progress=self.cfg.run.progress, desc=name)
+        shard = self.ranks.shard(examples)
+        if shard:
+            metrics = evaluate(scorer, self.task, shard, batch_size=d.eval_batch_size,
+                               max_new_tokens=d.max_new_tokens, progress=self.cfg.run.progress, desc=name)
+        else:  # more ranks than examples: this rank still takes part in combining
+            keys = ("em", "f1") if self.task.kind == "generation" else ("accuracy", "pred0_rate")
+            metrics = {**{k: 0.0 for k in keys}, "n": 0}
+        return self.ranks.combine_metrics(metrics)
+
+    def batch_closure(self, scorer: Scorer, examples: list) -> Callable[[], Any]:
+        """The loss of ``examples`` (a whole batch); under data parallelism, of this rank's shard, weighted by
+        its examples (its target tokens for the LM loss) so the ranks' mean is the whole batch's loss."""
+        cfg, objective = self.cfg, self.objective
+        if not self.ranks.distributed:
+            return lambda: scorer.loss(examples, objective, max_new_tokens=cfg.data.max_new_tokens)
+        shard = self.ranks.shard(examples)
+        if not shard:
+            return lambda: Weighted(0.0, 0.0)
+        if objective == "lm":
+            weight = float(sum(len(full) - start for full, start in (scorer.encode(ex.prompt, ex.target) for ex in shard)))
+        else:
+            weight = float(len(shard))
+        return lambda: Weighted(scorer.loss(shard, objective, max_new_tokens=cfg.data.max_new_tokens), weight)
 
     # --- before the model loads ----------------------------------------------------------------------------
 
@@ -183,15 +224,20 @@ class _Job:
                              "nothing to do")
         if run_cfg.steps:
             check_method(cfg)
-        self.device = _device(run_cfg.device)
+        if run_cfg.tensorboard:
+            check_tensorboard()
+        self.device = self.ranks.device(_device(run_cfg.device))
         self.splits = prepare_data(cfg, self.task)
         if not self.splits.train and run_cfg.steps > 0:
             raise ValueError("no training examples (num_train is 0 or the data has none)")
         self.out = None
         if self.resume_folder is None:
-            self.out = run_cfg.out or default_run_name("custom" if cfg.data.is_custom else self.task.name,
-                                                       cfg.model.name, cfg.model.peft)
-            check_out_folder(self.out, run_cfg.overwrite)
+            if self.ranks.is_main:
+                self.out = run_cfg.out or default_run_name("custom" if cfg.data.is_custom else self.task.name,
+                                                           cfg.model.name, cfg.model.peft)
+                check_out_folder(self.out, run_cfg.overwrite)
+            else:
+                self.out = str(self.ranks.scratch_folder())
 
     def zero_shot(self, model: torch.nn.Module, tokenizer: Any) -> dict[str, Any]:
         """Dev and test metrics of the untouched model, before an adapter (a prefix changes outputs) is added."""
@@ -208,20 +254,34 @@ class _Job:
     # --- the job ---------------------------------------------------------------------------------------------
 
     def execute(self, *, loaded: LoadedModel | None) -> dict[str, Any]:
+        self.ranks = RankContext.from_environment(self.cfg.run.device)
+        try:
+            return self._execute(loaded=loaded)
+        finally:
+            self.ranks.close()
+
+    def _execute(self, *, loaded: LoadedModel | None) -> dict[str, Any]:
         cfg, run_cfg = self.cfg, self.cfg.run
+        if self.ranks.distributed and cfg.model.device_map:
+            raise ValueError("--device-map spreads one model over several devices and data parallelism gives each "
+                             "rank its own device: use one or the other")
+        if not self.ranks.is_main:  # rank 0 speaks for the job
+            self.echo = lambda msg: None
+            run_cfg.progress = False
         if run_cfg.threads:
             torch.set_num_threads(run_cfg.threads)
         t0, cpu0 = time.perf_counter(), time.process_time()
         self.validate()
         task, splits, metric = self.task, self.splits, self.task.metric
-        loaded = loaded or load_model(cfg.model.name, dtype=cfg.model.dtype, quiet=False)
-        model = loaded.model.to(self.device)
+        loaded = loaded or load_model(cfg.model.name, dtype=cfg.model.dtype, quiet=False, device_map=cfg.model.device_map)
+        model = loaded.model if cfg.model.device_map else loaded.model.to(self.device)
         model.eval()
         summary: dict[str, Any] = {"task": task.name, "model": cfg.model.name, "method": cfg.method.name,
                                    "peft": cfg.model.peft, "objective": self.objective, "metric": metric,
                                    "status": "running", "num_train": len(splits.train), "num_dev": len(splits.dev),
                                    "num_test": len(splits.test), "steps": run_cfg.steps, "steps_done": 0,
-                                   "task_source": task.source, "model_source": loaded.source}
+                                   "task_source": task.source, "model_source": loaded.source,
+                                   **self.ranks.describe()}
         if self.resume_folder is not None:
             state = json.loads((self.resume_checkpoint / "state.json").read_text())
             summary.update(state["extra"].get("summary", {}))  # the zero-shot results, from before the stop
@@ -229,7 +289,7 @@ class _Job:
             summary["zero_shot"] = self.zero_shot(model, loaded.tokenizer)
         if run_cfg.steps == 0:
             self.echo("--steps 0: the zero-shot model was evaluated; nothing trained, no checkpoint written")
-            folder = RunFolder.create(self.out, overwrite=run_cfg.overwrite)
+            folder = RunFolder.create(self.out, overwrite=run_cfg.overwrite and self.ranks.is_main)
             self._write_config(folder)
             summary["status"] = "evaluated"
             return self._finish(summary, folder, t0, cpu0)
@@ -238,8 +298,10 @@ class _Job:
         summary["trainable_params"] = sum(p.numel() for _, p in params)
         if cfg.model.dtype != "float32":
             self._check_precision(params)
+        if self.ranks.sync is not None:  # one broadcast makes the ranks start equal; the steps keep them so
+            self.ranks.sync.broadcast_parameters(p for _, p in params)
         scorer = Scorer(model, loaded.tokenizer, cfg.data.max_length)
-        optimizer = build_run_optimizer(cfg, params, self._fresh_closure(scorer))
+        optimizer = build_run_optimizer(cfg, params, self._fresh_closure(scorer), sync=self.ranks.sync)
         # the run folder is created (or reopened) only now that everything is built
         folder, seed_log, runner_state, batches = self._open_run(model, optimizer)
         best_dir = folder.path / CHECKPOINT_DIR
@@ -252,14 +314,14 @@ class _Job:
         def dev_eval(step: int) -> dict[str, float] | None:
             return self.evaluate(scorer, splits.dev, f"dev @ {step}") if splits.dev else None
 
-        def closure_for(indices: list[int]) -> Callable[[], torch.Tensor]:
-            batch = [splits.train[i] for i in indices]
-            return lambda: scorer.loss(batch, self.objective, max_new_tokens=cfg.data.max_new_tokens)
+        def closure_for(indices: list[int]) -> Callable[[], Any]:
+            return self.batch_closure(scorer, [splits.train[i] for i in indices])
 
         runner = Runner(model=model, optimizer=optimizer, batches=batches, closure_for=closure_for, folder=folder,
                         seed_log=seed_log, steps=run_cfg.steps, metric=metric, evaluate=dev_eval, save_best=save_best,
                         eval_every=run_cfg.eval_every, checkpoint_every=run_cfg.checkpoint_every,
-                        max_nonfinite=run_cfg.max_nonfinite, progress=run_cfg.progress, state=runner_state)
+                        max_nonfinite=run_cfg.max_nonfinite, progress=run_cfg.progress, state=runner_state,
+                        agree=self.ranks.any if self.ranks.distributed else None)
         zero_dev = summary.get("zero_shot", {}).get("dev")
         if self.resume_folder is None and zero_dev:  # the zero-shot model: step 0 of the dev curve, a candidate
             folder.log({"step": 0, "forward_passes": 0, "wall_time": time.perf_counter() - t0,
@@ -286,7 +348,7 @@ class _Job:
                 "steps_done": runner.state.step, "forward_passes": optimizer.forward_passes,
                 "nonfinite_steps": getattr(optimizer, "nonfinite_steps", None),
                 "train_seconds": runner.state.train_seconds, "best_step": runner.state.best_step,
-                "seed_log_bytes": seed_log.size(),
+                "seed_log_bytes": seed_log.size(), **self.ranks.describe(),
             })
             self._finish(summary, folder, t0, cpu0)
         return summary
@@ -306,11 +368,10 @@ class _Job:
         stream of its own so the training batches and the directions stay what they are without it."""
         train_set, cfg = self.splits.train, self.cfg
 
-        def fresh_closure(step: int, index: int) -> Callable[[], torch.Tensor]:
+        def fresh_closure(step: int, index: int) -> Callable[[], Any]:
             indices = fresh_batch_indices(len(train_set), cfg.method.batch_size, seed=cfg.run.seed, step=step,
                                           iteration=index)
-            batch = [train_set[i] for i in indices]
-            return lambda: scorer.loss(batch, self.objective, max_new_tokens=cfg.data.max_new_tokens)
+            return self.batch_closure(scorer, [train_set[i] for i in indices])
 
         return fresh_closure
 
@@ -320,18 +381,32 @@ class _Job:
         cfg = self.cfg
         batches = BatchSampler(len(self.splits.train), cfg.method.batch_size, cfg.run.seed)
         if self.resume_folder is None:
-            folder = RunFolder.create(self.out, overwrite=cfg.run.overwrite)
+            folder = RunFolder.create(self.out, overwrite=cfg.run.overwrite and self.ranks.is_main)
             self._write_config(folder)
             seed_log = SeedLog.create(folder.path / SEED_LOG, seed=cfg.run.seed,
                                       losses_per_step=optimizer.estimator.forward_passes_per_step(),
                                       groups=len(optimizer.param_groups), optimizer_config=optimizer.config())
+            if cfg.run.tensorboard and self.ranks.is_main:
+                folder.start_tensorboard()
             return folder, seed_log, RunnerState(), batches
-        folder = self.resume_folder
         state = load_resume(self.resume_checkpoint, model, optimizer)
         batches.load_state_dict(state["batches"])
-        folder.truncate_metrics(state["metrics_bytes"])  # lines after the checkpoint are written again
-        seed_log = SeedLog(folder.path / SEED_LOG)
-        seed_log.truncate(state["seed_log_bytes"])
+        if self.ranks.is_main:
+            folder = self.resume_folder
+            folder.truncate_metrics(state["metrics_bytes"])  # lines after the checkpoint are written again
+            if cfg.run.tensorboard:  # and their TensorBoard points
+                folder.start_tensorboard(resume_step=int(state["step"]))
+            seed_log = SeedLog(folder.path / SEED_LOG)
+            seed_log.truncate(state["seed_log_bytes"])
+        else:  # the other ranks read the checkpoint and write nothing into rank 0's folder
+            folder = RunFolder.create(self.ranks.scratch_folder(), overwrite=False)
+            self._write_config(folder)
+            best = self.resume_folder.path / CHECKPOINT_DIR
+            if best.is_dir():  # copied now, before the first step: rank 0 cannot replace it before then
+                shutil.copytree(best, folder.path / CHECKPOINT_DIR)
+            seed_log = SeedLog.create(folder.path / SEED_LOG, seed=cfg.run.seed,
+                                      losses_per_step=optimizer.estimator.forward_passes_per_step(),
+                                      groups=len(optimizer.param_groups), optimizer_config=optimizer.config())
         runner_state = RunnerState(**{k: v for k, v in state.items() if k in RunnerState.__dataclass_fields__})
         self.echo(f"resuming {folder.path} at step {runner_state.step}/{cfg.run.steps}")
         return folder, seed_log, runner_state, batches
@@ -381,6 +456,7 @@ class _Job:
         summary["threads"] = torch.get_num_threads()
         summary["peak_memory_mb"] = _peak_memory_mb(self.device)
         summary["run_folder"] = str(folder.path)
+        folder.close()  # the TensorBoard event file, if any
         folder.write_json("summary.json", summary)
         try:
             plot_run(folder.read_metrics(), folder.path / "curves.png", summary["metric"],

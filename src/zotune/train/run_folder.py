@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,12 +21,15 @@ from typing import Any
 from zotune.llm.data import atomic_write_bytes
 
 __all__ = ["RunFolder", "FolderState", "inspect_folder", "check_out_folder", "default_run_name", "jsonable",
-           "MARKER", "RUN_ENTRIES"]
+           "check_tensorboard", "MARKER", "RUN_ENTRIES", "TENSORBOARD_DIR"]
 
 MARKER = "zotune-run.json"
+TENSORBOARD_DIR = "tensorboard"  # --tensorboard: the metrics as TensorBoard event files
 # everything a run writes; a leading "." covers the temporary files and folders of atomic writes
 RUN_ENTRIES = frozenset({MARKER, "config.yaml", "metrics.jsonl", "summary.json", "curves.png", "seeds.log",
-                         "checkpoint", "checkpoint.old", "checkpoints"})
+                         "checkpoint", "checkpoint.old", "checkpoints", TENSORBOARD_DIR})
+# the name tensorboard gives an event file: events.out.tfevents.<seconds since the epoch>.<host>.<pid>.<n>
+_EVENT_FILE = re.compile(r"^events\.out\.tfevents\.(\d+)\.")
 
 
 def jsonable(value: Any) -> Any:
@@ -98,6 +102,30 @@ def check_out_folder(path: str | Path, overwrite: bool) -> FolderState:
     return state
 
 
+def check_tensorboard() -> None:
+    """Raise a one-line ValueError if ``torch.utils.tensorboard`` cannot be imported (the ``tensorboard``
+    package is missing or too old): ``--tensorboard`` is checked before the model loads."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(f"--tensorboard needs the tensorboard package ({' '.join(str(exc).split())}): "
+                         "pip install 'zotune[tensorboard]'") from None
+
+
+def _scalars(record: dict[str, Any]) -> dict[str, float]:
+    """A metrics record's numbers (all but ``step``) as TensorBoard scalars, read as metrics.jsonl holds them:
+    a non-finite value (``null`` there) is NaN, a flag (``nonfinite``) 1.0; strings and lists are left out."""
+    out = {}
+    for key, value in jsonable(record).items():
+        if key == "step":
+            continue
+        if value is None:
+            out[key] = math.nan
+        elif isinstance(value, (bool, int, float)):
+            out[key] = float(value)
+    return out
+
+
 def _run_status(path: Path) -> str:
     try:
         summary = json.loads((path / "summary.json").read_text())
@@ -112,6 +140,7 @@ class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.metrics_path = self.path / "metrics.jsonl"
+        self._tensorboard: Any = None  # a torch.utils.tensorboard.SummaryWriter while --tensorboard is on
 
     @classmethod
     def create(cls, path: str | Path, *, overwrite: bool = False) -> "RunFolder":
@@ -155,9 +184,58 @@ class RunFolder:
         return target
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append one JSON line; a line is written whole with a single write call."""
+        """Append one JSON line; a line is written whole with a single write call. With TensorBoard on
+        (:meth:`start_tensorboard`), the record's numbers also become scalars at its step."""
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(jsonable(record)) + "\n")
+        self._add_scalars(record)
+
+    def start_tensorboard(self, resume_step: int | None = None) -> None:
+        """From now on, write every record :meth:`log` appends also as TensorBoard scalars (tag: the record's
+        key) into ``tensorboard/``, in an event file of its own.
+
+        ``resume_step``: a resumed run's checkpoint step, after :meth:`truncate_metrics`. The new event file
+        starts with ``purge_step=resume_step``, which makes TensorBoard drop every point at that step or later
+        from the earlier files (a stopped run may have written some after its checkpoint); the records that
+        metrics.jsonl still holds from that step on are then written again, so TensorBoard shows exactly what
+        metrics.jsonl holds: no point twice, none lost. TensorBoard reads a folder's event files in the order
+        of their names, which start with the second they were opened: the new file waits for a second later
+        than the newest one there, so it is read last.
+        """
+        from torch.utils.tensorboard import SummaryWriter
+
+        if self._tensorboard is not None:
+            raise RuntimeError(f"TensorBoard logging of {self.path} is already on")
+        folder = self.path / TENSORBOARD_DIR
+        if resume_step is not None and folder.is_dir():
+            newest = max((int(m.group(1)) for m in map(_EVENT_FILE.match, os.listdir(folder)) if m), default=-1)
+            deadline = time.monotonic() + 2.0  # a file from a clock far ahead is not waited for
+            while int(time.time()) <= newest and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self._tensorboard = SummaryWriter(log_dir=str(folder), purge_step=resume_step)
+        if resume_step is not None:
+            for record in self.read_metrics():
+                if record.get("step", -1) >= resume_step:
+                    self._add_scalars(record)
+            self._tensorboard.flush()
+
+    def _add_scalars(self, record: dict[str, Any]) -> None:
+        if self._tensorboard is None or not isinstance(record.get("step"), int):
+            return
+        for tag, value in _scalars(record).items():
+            self._tensorboard.add_scalar(tag, value, global_step=record["step"])
+
+    def flush(self) -> None:
+        """Put the TensorBoard points written so far on disk (a checkpoint calls it before it counts the
+        logs' lengths, so a run killed later loses none of the points before its checkpoint)."""
+        if self._tensorboard is not None:
+            self._tensorboard.flush()
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard event file, if one is open; :meth:`log` then writes metrics.jsonl only."""
+        if self._tensorboard is not None:
+            writer, self._tensorboard = self._tensorboard, None
+            writer.close()
 
     def metrics_size(self) -> int:
         return self.metrics_path.stat().st_size if self.metrics_path.exists() else 0

@@ -137,19 +137,23 @@ class Runner:
         metric: the key of the metrics that picks the best.
         save_best: called with the step whenever the dev metric improves (ties keep the earlier step).
         state: a resumed run's state (``None``: a new run).
+        agree: under data parallelism, ``flag -> flag on any rank``: every rank stops after the same step
+            when any of them got a signal (a rank that stopped alone would leave the others waiting).
     """
 
     def __init__(self, *, model: nn.Module, optimizer: Any, batches: BatchSampler | None,
                  closure_for: Callable[[list[int]], Callable[[], torch.Tensor]], folder: RunFolder, seed_log: SeedLog,
                  steps: int, metric: str, evaluate: Callable[[int], dict[str, float] | None],
                  save_best: Callable[[int], None], eval_every: int = 0, checkpoint_every: int = 0,
-                 max_nonfinite: int = 5, progress: bool = True, state: RunnerState | None = None) -> None:
+                 max_nonfinite: int = 5, progress: bool = True, state: RunnerState | None = None,
+                 agree: Callable[[bool], bool] | None = None) -> None:
         self.model, self.optimizer, self.batches = model, optimizer, batches
         self.closure_for, self.folder, self.seed_log = closure_for, folder, seed_log
         self.steps, self.metric, self.evaluate, self.save_best = steps, metric, evaluate, save_best
         self.eval_every, self.checkpoint_every, self.max_nonfinite = eval_every, checkpoint_every, max_nonfinite
         self.progress = progress
         self.state = state or RunnerState()
+        self.agree = agree
 
     # --- best-so-far ----------------------------------------------------------------------------------
 
@@ -168,6 +172,7 @@ class Runner:
 
     def checkpoint(self) -> None:
         """Save the resumable state at the current step (weights, optimizer, data position, logs' lengths)."""
+        self.folder.flush()  # TensorBoard's points up to here reach the disk before the checkpoint counts them
         self.state.metrics_bytes = self.folder.metrics_size()
         self.state.seed_log_bytes = self.seed_log.size()
         payload = {**asdict(self.state), "batches": self.batches.state_dict() if self.batches else None}
@@ -225,6 +230,8 @@ class Runner:
                     if self.state.best_metric is not None:
                         postfix[f"best_{self.metric[:3]}"] = f"{self.state.best_metric:.3f}"
                     bar.set_postfix(postfix)
+                    if self.agree is not None and self.agree(stop.signum is not None) and stop.signum is None:
+                        stop.signum = signal.SIGTERM  # another rank was told to stop
                     if stop.signum is not None or step == self.steps or (
                             self.checkpoint_every and step % self.checkpoint_every == 0):
                         self.checkpoint()
