@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from zotune.core import seeds
-from zotune.core.samplers import CounterSampler, Direction, TorchGeneratorSampler, make_sampler
+from zotune.core.samplers import CounterSampler, Direction, ThreefrySampler, TorchGeneratorSampler, make_sampler
 
 ALL = ["gaussian", "uniform", "rademacher", "gaussian-splitmix", "uniform-splitmix", "rademacher-splitmix", "gaussian-torch"]
 
@@ -112,12 +112,56 @@ def install_kernel(samplers, kind: str, kernel) -> None:
     samplers._compiled_kernels[(kind, torch.float32, "cpu")] = kernel
 
 
+def compile_at_once(name: str) -> dict:
+    """Options that make a sampler compile on its first call (the Threefry family first draws eagerly)."""
+    return {"compile_after": 0} if isinstance(make_sampler(name), ThreefrySampler) else {}
+
+
+@pytest.mark.parametrize("name,dtype", [(name, torch.float32) for name in ("gaussian", "uniform", "rademacher", "gaussian-13")]
+                         + [("gaussian", dtype) for dtype in (torch.float64, torch.bfloat16, torch.float16)])
+def test_eager_and_compiled_threefry_kernels_give_the_same_bits(name: str, dtype: torch.dtype) -> None:
+    """What lets backend auto draw eagerly first and compile later without changing a number: equal bits, not
+    merely close ones (the eager float32 sqrt rounded one value in six differently before the transform took
+    a float64 square root)."""
+    compiled = make_sampler(name, backend="compiled")
+    eager = make_sampler(name, backend="eager")
+    for numel in (2, 3, 1001, 70_001):
+        x = torch.randn(numel, generator=torch.Generator().manual_seed(numel)).to(dtype)
+        y = x.clone()
+        for step, (alpha, decay) in enumerate([(1e-3, 1.0), (-2e-3, 1.0), (1e-3 - 1.5e-7, 0.9999)]):
+            d = Direction(7, numel, step, 3)
+            compiled.add_(x, d, alpha, decay)
+            eager.add_(y, d, alpha, decay)
+        assert torch.equal(x, y), f"{int((x != y).sum())} of {numel} elements differ"
+
+
+def test_auto_draws_eagerly_first_then_compiles_with_the_same_numbers(fresh_kernel_registry) -> None:
+    samplers = fresh_kernel_registry
+    auto = make_sampler("gaussian", compile_after=10_000)
+    x = torch.zeros(4000)
+    traced, drawn = [], []
+    for step in range(5):
+        auto.add_(x, Direction(3, step, 0, 1), 0.5)
+        traced.append(bool(samplers._traced_kernels))
+        drawn.append(auto.eager_numbers)
+    # 4,000 numbers a call: eager while fewer than 10,000 were drawn (three calls), compiled from then on
+    assert traced == [False, False, False, True, True]
+    assert drawn == [4000, 8000, 12000, 12000, 12000]
+    compiled = make_sampler("gaussian", backend="compiled")
+    y = torch.zeros(4000)
+    for step in range(5):
+        compiled.add_(y, Direction(3, step, 0, 1), 0.5)
+    assert torch.equal(x, y)
+    with pytest.raises(ValueError, match="compile_after"):
+        make_sampler("gaussian", compile_after=-1)
+
+
 @pytest.mark.parametrize("name", ["gaussian", "uniform-splitmix"])
 def test_a_missing_compiler_falls_back_to_the_same_numbers(fresh_kernel_registry, name: str) -> None:
     from torch._inductor.exc import InvalidCxxCompiler
 
     samplers = fresh_kernel_registry
-    sampler = make_sampler(name)
+    sampler = make_sampler(name, **compile_at_once(name))
 
     def no_compiler(*args):
         raise InvalidCxxCompiler()
@@ -139,7 +183,7 @@ def test_out_of_memory_and_other_errors_surface(fresh_kernel_registry, name: str
     from torch._inductor.exc import InductorError
 
     samplers = fresh_kernel_registry
-    sampler = make_sampler(name)
+    sampler = make_sampler(name, **compile_at_once(name))
     errors = {
         "while compiling": InductorError(torch.OutOfMemoryError("out of memory"), None),
         "after compiling": OSError("a bad file descriptor at run time"),

@@ -48,12 +48,12 @@ def test_tensor_code_equals_the_scalar_statement_on_random_words() -> None:
         assert tensor_threefry(counters, key, 20) == [threefry2x32_reference(c, key, 20) for c in counters]
 
 
-def reference_stream(kind: str, numel: int, direction: Direction) -> torch.Tensor:
+def reference_stream(kind: str, numel: int, direction: Direction, rounds: int = 20) -> torch.Tensor:
     """The documented layout, element by element, from the scalar generator and float64 transforms."""
     key = tuple(k & 0xFFFFFFFF for k in split_key(direction.key))
 
     def numbers(pair: int) -> tuple[float, float]:
-        w0, w1 = threefry2x32_reference((pair & 0x7FFFFFFF, pair >> 31), key, 20)
+        w0, w1 = threefry2x32_reference((pair & 0x7FFFFFFF, pair >> 31), key, rounds)
         t0, t1 = w0 >> 8, w1 >> 8
         if kind == "gaussian":
             radius = math.sqrt(-2.0 * math.log(((w0 >> 9) + 0.5) / 2**23))
@@ -82,6 +82,22 @@ def test_the_fast_kernel_follows_the_documented_stream(kind: str, backend: str, 
     x = torch.zeros(numel)
     ThreefrySampler(kind, backend=backend).add_(x, direction, alpha=1.0)
     torch.testing.assert_close(x.double(), reference_stream(kind, numel, direction), rtol=0, atol=3e-6)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "uniform", "rademacher"])
+@pytest.mark.parametrize("backend", ["eager", "compiled"])
+def test_the_13_round_variant_follows_the_documented_stream_with_13_rounds(kind: str, backend: str) -> None:
+    direction = Direction(2024, 3, 1, 77)
+    x = torch.zeros(1001)
+    make_sampler(f"{kind}-13", backend=backend).add_(x, direction, alpha=1.0)
+    torch.testing.assert_close(x.double(), reference_stream(kind, 1001, direction, rounds=13), rtol=0, atol=3e-6)
+    # and it is another stream than the default's: the rounds are part of the numbers
+    assert not torch.allclose(x.double(), reference_stream(kind, 1001, direction), atol=1e-3)
+
+
+def test_rounds_other_than_20_and_13_are_refused() -> None:
+    with pytest.raises(ValueError, match="rounds must be one of"):
+        ThreefrySampler("gaussian", rounds=8)
 
 
 def test_a_tensor_spanning_blocks_follows_the_stream_at_the_block_edges() -> None:

@@ -7,6 +7,9 @@ Rows, each a fused in-place pass over one float32 tensor of ``--numel`` elements
   uniform         the sampler ``uniform``: Threefry-2x32-20 words, top 24 bits to float, one multiply-add
   rademacher      the sampler ``rademacher``: Threefry words, top bit to a sign
   gaussian        the sampler ``gaussian`` (+ a bit-level log, sqrt, polynomial cos and sin per pair)
+  *-13            the same through Threefry-2x32-13 (the named variant with 13 rounds)
+  gaussian-float32-sqrt  the sampler's transform with a float32 square root instead of its float64 one
+                  (what the float64 one, which makes eager and compiled kernels agree to the bit, costs)
   gaussian-libm   Box-Muller through torch.log / cos / sin (Sleef on CPU), the transform used before the
                   polynomial one: the same blocks and kernel layout, only the transform differs
   *-splitmix      the SplitMix64 streams they replaced (64-bit multiplies)
@@ -14,7 +17,8 @@ Rows, each a fused in-place pass over one float32 tensor of ``--numel`` elements
 and, for the samplers gaussian and uniform:
   model[...]      a pass over 272 zero tensors with SmolLM2-135M's shapes (134.5M elements: what a step's
                   pass really does), per element
-  call[...]       microseconds per ``add_`` of a 1000-element tensor (the fixed cost of one kernel call)
+  call[...]       microseconds per ``add_`` of a 1000-element tensor (the fixed cost of one kernel call;
+                  ``call[gaussian, eager]``: the eager kernel, which backend auto uses before compiling)
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 
 from zotune.bench.step import machine
 from zotune.core.samplers import THREEFRY_BLOCK, Direction, make_sampler
-from zotune.core.threefry import _top24, split_key, threefry2x32
+from zotune.core.threefry import _cos_sin_turn, _minus_two_log_uniform, _top24, split_key, threefry2x32
 
 
 def _libm_gaussian_kernel(first: torch.Tensor, second: torch.Tensor, words: torch.Tensor,
@@ -44,8 +48,21 @@ def _libm_gaussian_kernel(first: torch.Tensor, second: torch.Tensor, words: torc
     second.mul_(coefficients[1]).add_(radius * torch.sin(angle) * coefficients[0])
 
 
-def libm_gaussian_pass(x: torch.Tensor, alpha: float) -> Callable[[], None]:
-    kernel = torch.compile(_libm_gaussian_kernel, dynamic=True, fullgraph=True)
+def _float32_sqrt_gaussian_kernel(first: torch.Tensor, second: torch.Tensor, words: torch.Tensor,
+                                  coefficients: torch.Tensor) -> None:
+    """One block of the Threefry stream with the sampler's transform, but the float32 square root it took before
+    the float64 one (compiled, both round correctly: same numbers; the row shows the float64 one's cost)."""
+    c0 = torch.arange(first.shape[0], dtype=torch.int32) + words[2]
+    w0, w1 = threefry2x32(c0, words[3], words[0], words[1])
+    radius = torch.sqrt(_minus_two_log_uniform(w0))
+    cos_t, sin_t = _cos_sin_turn(w1)
+    first.mul_(coefficients[1]).add_(radius * cos_t * coefficients[0])
+    second.mul_(coefficients[1]).add_(radius * sin_t * coefficients[0])
+
+
+def libm_gaussian_pass(x: torch.Tensor, alpha: float, kernel_fn: Callable[..., None] = _libm_gaussian_kernel
+                       ) -> Callable[[], None]:
+    kernel = torch.compile(kernel_fn, dynamic=True, fullgraph=True)
     key = split_key(Direction(0, 1, 0, 0).key)
     coefficients = torch.tensor([alpha, 1.0], dtype=torch.float64)
 
@@ -88,16 +105,19 @@ def main() -> dict:
         x.add_(buffer, alpha=1e-3)
 
     variants = {"memory": lambda: memory(x, alpha), "randn + add_": randn_add}
-    for name in ("uniform", "gaussian", "rademacher", "uniform-splitmix", "gaussian-splitmix"):
-        sampler = make_sampler(name)
+    # backend "compiled": "auto" would draw the first 2^26 numbers eagerly (ThreefrySampler.compile_after)
+    for name in ("uniform", "gaussian", "rademacher", "uniform-13", "gaussian-13", "uniform-splitmix",
+                 "gaussian-splitmix"):
+        sampler = make_sampler(name, backend="compiled")
         variants[name] = lambda s=sampler: s.add_(x, Direction(0, 1, 0, 0), 1e-3)
     variants["gaussian-libm"] = libm_gaussian_pass(x, 1e-3)
+    variants["gaussian-float32-sqrt"] = libm_gaussian_pass(x, 1e-3, _float32_sqrt_gaussian_kernel)
     tensors = smollm2_shaped_tensors()
     model_numel = sum(t.numel() for t in tensors)
     small = torch.zeros(1000)
     calls = 200
-    for name in ("gaussian", "uniform"):
-        sampler = make_sampler(name)
+    for name in ("gaussian", "uniform", "gaussian-13", "uniform-13"):
+        sampler = make_sampler(name, backend="compiled")
 
         def model_pass(s=sampler) -> None:
             for index, tensor in enumerate(tensors):
@@ -109,6 +129,8 @@ def main() -> dict:
 
         variants[f"model[{name}]"] = model_pass
         variants[f"call[{name}]"] = small_calls
+    eager = make_sampler("gaussian", backend="eager")
+    variants["call[gaussian, eager]"] = lambda: [eager.add_(small, Direction(0, 1, 0, i), 1e-3) for i in range(calls)]
     for fn in variants.values():
         fn()  # compile, fault in pages
     samples: dict[str, list[float]] = {name: [] for name in variants}

@@ -76,12 +76,19 @@ def machine() -> dict[str, str]:
     """The CPU a timing was taken on: the same code runs 2-10x slower without AVX-512, so numbers from
     machines with another capability or model must never be compared."""
     model = platform.processor() or "unknown"
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return {"cpu_capability": str(torch.backends.cpu.get_cpu_capability()), "cpu_model": model}
+    model = fields.get("model name", model)
+    described = {"cpu_capability": str(torch.backends.cpu.get_cpu_capability()), "cpu_model": model}
+    if "cpu family" in fields:  # virtual machines often name only "AMD EPYC": family and model tell them apart
+        described["cpu_family_model"] = f"{fields['cpu family']}/{fields.get('model', '?')}"
+    return described
 
 
 def _timed(fn: Callable[[], Any]) -> float:

@@ -12,12 +12,14 @@ of a pass is the cost of drawing z. Two families are provided:
   z is a pure function of ``(key, i)``: Threefry-2x32-20 of a pair index under the key gives two 32-bit words
   (:class:`ThreefrySampler`, :mod:`zotune.core.threefry`), turned into two Gaussians (both Box-Muller
   branches, from integer and float arithmetic only), two uniforms on [-sqrt(3), sqrt(3)] (unit variance) or
-  two signs. The SplitMix64 streams used before (``*-splitmix``, :class:`CounterSampler`: 64 bits per element
-  from ``splitmix64(key + GOLDEN_GAMMA * (i + 1))``) stay available. There is no generator state, so the
-  generate-and-add is a single elementwise expression that ``torch.compile`` fuses into one multi-threaded,
-  vectorised loop (C++/OpenMP on CPU, Triton on GPU), with no scratch memory. Without a working compiler the
-  same expression runs eagerly (slower, same integer bits; the floating-point transform may differ in the
-  last ulp between the two backends, so a run keeps one backend).
+  two signs. ``gaussian-13`` etc. are the named variant through Threefry-2x32-13 (other numbers, a third
+  fewer rounds). The SplitMix64 streams used before (``*-splitmix``, :class:`CounterSampler`: 64 bits per
+  element from ``splitmix64(key + GOLDEN_GAMMA * (i + 1))``) stay available. There is no generator state, so
+  the generate-and-add is a single elementwise expression that ``torch.compile`` fuses into one
+  multi-threaded, vectorised loop (C++/OpenMP on CPU, Triton on GPU), with no scratch memory. On the CPU the
+  Threefry kernels give the same bits eagerly and compiled, so backend ``auto`` draws its first 2^26 numbers
+  eagerly (a small trainable set never pays the compile) and a machine without a compiler gets the same run.
+  The SplitMix64 streams' transcendental functions may differ in the last ulp between the backends.
 * **Generator samplers** (``gaussian-torch``): ``torch.Generator`` on the parameter's device, reseeded for
   every chunk of ``CHUNK`` elements with ``mix(key, chunk)``; this is MeZO's ``torch.normal`` draw made
   order-independent and free of the global RNG. Portable to any device torch supports, but bounded by
@@ -404,20 +406,20 @@ def _blend_(target: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, decay: t
 
 
 def threefry_block_pairs(pairs: int, words: torch.Tensor, transform: Callable[..., tuple[torch.Tensor, torch.Tensor]],
-                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+                         device: torch.device, rounds: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
     """The two halves of one block: ``pairs`` draws, pair t with counter words ``(lo + t, hi)`` under key words
-    ``(k0, k1)``, where ``words = [k0, k1, lo, hi]`` (int32), through Threefry-2x32-20 and ``transform``."""
+    ``(k0, k1)``, where ``words = [k0, k1, lo, hi]`` (int32), through Threefry-2x32-``rounds`` and ``transform``."""
     c0 = torch.arange(pairs, dtype=torch.int32, device=device) + words[2]
-    w0, w1 = threefry2x32(c0, words[3], words[0], words[1])
+    w0, w1 = threefry2x32(c0, words[3], words[0], words[1], rounds=rounds)
     return transform(w0, w1)
 
 
-def _threefry_update(first, second, words, coefficients, transform):  # type: ignore[no-untyped-def]
+def _threefry_update(first, second, words, coefficients, transform, rounds=20):  # type: ignore[no-untyped-def]
     # the two halves of a block come in as two (non-overlapping) tensors: one loop then computes each draw
     # once and stores its two numbers straight into them (slices of one input made inductor scatter through
     # temporaries in a second pass). The scalars come packed in two small tensors, [k0, k1, lo, hi] and
     # [alpha, decay]: each 0-d tensor argument cost a torch.tensor call and a guard per kernel call.
-    z0, z1 = threefry_block_pairs(first.shape[0], words, transform, first.device)
+    z0, z1 = threefry_block_pairs(first.shape[0], words, transform, first.device, rounds)
     _blend_(first, z0, coefficients[0], coefficients[1])
     _blend_(second, z1, coefficients[0], coefficients[1])
 
@@ -434,11 +436,33 @@ def _threefry_rademacher(first, second, words, coefficients):  # type: ignore[no
     _threefry_update(first, second, words, coefficients, rademacher_pair)
 
 
+# Threefry-2x32-13: the fewest rounds Random123 reports as Crush-resistant for 2x32 words (BigCrush passes; 20 is
+# its default, with a safety margin, and JAX's). Plain module-level functions, one per kind, because
+# _compiled_kernel clones each kernel's code object (a closure over ``rounds`` would not survive the clone).
+
+
+def _threefry13_gaussian(first, second, words, coefficients):  # type: ignore[no-untyped-def]
+    _threefry_update(first, second, words, coefficients, gaussian_pair, 13)
+
+
+def _threefry13_uniform(first, second, words, coefficients):  # type: ignore[no-untyped-def]
+    _threefry_update(first, second, words, coefficients, uniform_pair, 13)
+
+
+def _threefry13_rademacher(first, second, words, coefficients):  # type: ignore[no-untyped-def]
+    _threefry_update(first, second, words, coefficients, rademacher_pair, 13)
+
+
 _EAGER_KERNELS.update({
     "threefry-gaussian": _threefry_gaussian,
     "threefry-uniform": _threefry_uniform,
     "threefry-rademacher": _threefry_rademacher,
+    "threefry13-gaussian": _threefry13_gaussian,
+    "threefry13-uniform": _threefry13_uniform,
+    "threefry13-rademacher": _threefry13_rademacher,
 })
+THREEFRY_ROUNDS = (20, 13)  # the round counts a ThreefrySampler offers
+EAGER_NUMBERS_BEFORE_COMPILING = 1 << 26  # see ThreefrySampler._before_compiling
 
 
 class ThreefrySampler(CounterSampler):
@@ -454,14 +478,24 @@ class ThreefrySampler(CounterSampler):
     computed.
     """
 
-    def __init__(self, kind: str = "gaussian", backend: str = "auto", stage: str = "auto") -> None:
+    def __init__(self, kind: str = "gaussian", backend: str = "auto", stage: str = "auto", rounds: int = 20,
+                 compile_after: int = EAGER_NUMBERS_BEFORE_COMPILING) -> None:
         if kind not in _PAIR_TRANSFORMS:
             raise ValueError(f"unknown threefry sampler kind {kind!r}; choose one of {sorted(_PAIR_TRANSFORMS)}")
+        if rounds not in THREEFRY_ROUNDS:
+            raise ValueError(f"rounds must be one of {THREEFRY_ROUNDS} (Random123's default and its Crush-resistant "
+                             f"minimum for Threefry-2x32), got {rounds!r}")
         if stage not in ("auto", "always", "never"):
             raise ValueError(f"stage must be 'auto', 'always' or 'never', got {stage!r}")
         super().__init__("gaussian", backend=backend)
-        self.kind = f"threefry-{kind}"
-        self.name = kind
+        if compile_after < 0:
+            raise ValueError(f"compile_after must be >= 0, got {compile_after}")
+        self.rounds = rounds
+        # backend "auto" on the CPU: eager kernels until this many numbers were drawn, then the compiled one
+        self.compile_after = compile_after
+        self.eager_numbers = 0
+        self.kind = f"threefry-{kind}" if rounds == 20 else f"threefry{rounds}-{kind}"
+        self.name = kind if rounds == 20 else f"{kind}-{rounds}"
         # "auto": a pass's scalars go to an accelerator in one copy (prepare); on the CPU there is no copy to
         # save and each call builds its own two small tensors
         self.stage = stage
@@ -553,6 +587,28 @@ class ThreefrySampler(CounterSampler):
             return
         self._run(region[:half], region[half:], words, coefficients)
 
+    def _run(self, flat: torch.Tensor, *args: torch.Tensor) -> None:
+        if self._before_compiling(flat):
+            self.eager_numbers += 2 * flat.numel()  # flat is a block's first half: one number per pair in each half
+            _EAGER_KERNELS[self.kind](flat.detach(), *(arg.detach() for arg in args))
+            return
+        super()._run(flat, *args)
+
+    def _before_compiling(self, first: torch.Tensor) -> bool:
+        """Whether this call runs eagerly because compiling would not pay yet (backend ``auto``, CPU).
+
+        Compiling the kernel costs 44 s of a cold start on 2 cores (AVX-512, cold inductor cache), while the
+        eager kernel costs microseconds per thousand numbers: a prefix-tuning run (57,600 numbers a pass, 35M
+        in the main job's 200 steps) never repays it, a full fine-tuning run repays it within a step. So the
+        first ``compile_after`` numbers are drawn eagerly. On the CPU both kernels give the same bits for every
+        parameter dtype (``tests/test_samplers.py``), so where the switch falls changes no number. On GPUs
+        the compiled kernel may fuse multiply-adds, so they always compile.
+        """
+        if self.backend != "auto" or first.device.type != "cpu" or self.eager_numbers >= self.compile_after:
+            return False
+        kernel = _compiled_kernel(self.kind, first.dtype, first.device.type)
+        return kernel is not None and kernel not in _traced_kernels
+
     def _trace(self, kernel: Callable[..., None], first: torch.Tensor, second: torch.Tensor, *scalars: torch.Tensor) -> bool:
         """Compile ``kernel`` on a scratch buffer laid out so that one general graph serves every block.
 
@@ -579,7 +635,7 @@ class ThreefrySampler(CounterSampler):
         return out
 
     def __repr__(self) -> str:
-        return f"ThreefrySampler(kind={self.name!r}, backend={self.backend!r})"
+        return f"ThreefrySampler(kind={self.name!r}, backend={self.backend!r}, rounds={self.rounds})"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -647,6 +703,10 @@ _SAMPLER_FACTORIES: dict[str, Callable[..., Sampler]] = {
     "gaussian": lambda **kw: ThreefrySampler("gaussian", **kw),
     "uniform": lambda **kw: ThreefrySampler("uniform", **kw),
     "rademacher": lambda **kw: ThreefrySampler("rademacher", **kw),
+    # the same streams through Threefry-2x32-13 (a named variant: a third fewer rounds, other numbers)
+    "gaussian-13": lambda **kw: ThreefrySampler("gaussian", rounds=13, **kw),
+    "uniform-13": lambda **kw: ThreefrySampler("uniform", rounds=13, **kw),
+    "rademacher-13": lambda **kw: ThreefrySampler("rademacher", rounds=13, **kw),
     # the SplitMix64 streams of zotune before Threefry (64-bit multiplies: slow without AVX-512)
     "gaussian-splitmix": lambda **kw: CounterSampler("gaussian", **kw),
     "uniform-splitmix": lambda **kw: CounterSampler("uniform", **kw),

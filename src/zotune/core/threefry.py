@@ -146,6 +146,21 @@ def _cos_sin_turn(w1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(odd, sin_x, cos_x) * cos_sign, torch.where(odd, cos_x, sin_x) * sin_sign
 
 
+def _correctly_rounded_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """sqrt of a float32 tensor, correctly rounded on every backend, so eager and compiled kernels agree.
+
+    Compiled code (inductor's C++ on CPU, Triton's libdevice sqrt on GPUs) takes the IEEE square root, which is
+    correctly rounded. Eager ``torch.sqrt`` of float32 on CPU is not (one value in six rounded otherwise on
+    AVX-512), so eagerly the root is taken in float64 and rounded to float32: 53 bits exceed 2 x 24 + 2, so
+    that double rounding gives the correctly rounded float32 too. The float64 root inside the compiled kernel
+    would cost 0.2 ns per element on AVX-512 (``benchmarks/rng/pass_breakdown.py``, ``gaussian-float32-sqrt``
+    row), hence the two branches; MPS has no float64 and keeps float32.
+    """
+    if torch.compiler.is_compiling() or x.device.type == "mps":
+        return torch.sqrt(x)
+    return torch.sqrt(x.to(torch.float64)).to(torch.float32)
+
+
 def gaussian_pair(w0: torch.Tensor, w1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Both Box-Muller branches: u = (top23(w0) + 1/2) / 2^23 in (0, 1), t = 2 pi top24(w1) / 2^24,
     z0 = sqrt(-2 ln u) cos t, z1 = sqrt(-2 ln u) sin t: two independent standard normals (their tails are
@@ -156,7 +171,7 @@ def gaussian_pair(w0: torch.Tensor, w1: torch.Tensor) -> tuple[torch.Tensor, tor
     pass from 2.78 to 2.22 ns per element on AVX2 (benchmarks/rng). Only float32 adds, multiplies, one
     division and one sqrt remain, so every backend rounds them the same way up to fused multiply-adds.
     """
-    radius = torch.sqrt(_minus_two_log_uniform(w0))
+    radius = _correctly_rounded_sqrt(_minus_two_log_uniform(w0))
     cos_t, sin_t = _cos_sin_turn(w1)
     return radius * cos_t, radius * sin_t
 
