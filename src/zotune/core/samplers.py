@@ -597,10 +597,11 @@ class ThreefrySampler(CounterSampler):
     def _before_compiling(self, first: torch.Tensor) -> bool:
         """Whether this call runs eagerly because compiling would not pay yet (backend ``auto``, CPU).
 
-        Compiling the kernel costs 44 s of a cold start on 2 cores (AVX-512, cold inductor cache), while the
-        eager kernel costs microseconds per thousand numbers: a prefix-tuning run (57,600 numbers a pass, 35M
-        in the main job's 200 steps) never repays it, a full fine-tuning run repays it within a step. So the
-        first ``compile_after`` numbers are drawn eagerly. On the CPU both kernels give the same bits for every
+        Compiling the kernel costs 34.5 s from a cold inductor cache on 2 cores (AVX-512), and eager draws cost
+        27 ns a number against 1.5 compiled (``benchmarks/rng/compile_cost.py``), so compiling pays only after
+        about 1.3G numbers: a prefix-tuning run (57,600 numbers a pass, 35M in the main job's 200 steps) never
+        repays it, full fine-tuning of a 135M model within a few steps. So the first ``compile_after`` numbers
+        (2^26 by default: about 1.8 s of eager draws) are drawn eagerly. On the CPU both kernels give the same bits for every
         parameter dtype (``tests/test_samplers.py``), so where the switch falls changes no number. On GPUs
         the compiled kernel may fuse multiply-adds, so they always compile.
         """
