@@ -8,8 +8,9 @@ Rows, each a fused in-place pass over one float32 tensor of ``--numel`` elements
   rademacher      the sampler ``rademacher``: Threefry words, top bit to a sign
   gaussian        the sampler ``gaussian`` (+ a bit-level log, sqrt, polynomial cos and sin per pair)
   *-13            the same through Threefry-2x32-13 (the named variant with 13 rounds)
-  gaussian-float32-sqrt  the sampler's transform with a float32 square root instead of its float64 one
-                  (what the float64 one, which makes eager and compiled kernels agree to the bit, costs)
+  gaussian-float32-sqrt  the sampler's transform written with a plain float32 ``torch.sqrt``. The compiled
+                  sampler takes that root too now; the row measured what a float64 root inside the compiled
+                  kernel cost (``pass_breakdown.avx512.float64-sqrt.*``), and now checks the two rows agree
   gaussian-libm   Box-Muller through torch.log / cos / sin (Sleef on CPU), the transform used before the
                   polynomial one: the same blocks and kernel layout, only the transform differs
   *-splitmix      the SplitMix64 streams they replaced (64-bit multiplies)
@@ -50,8 +51,8 @@ def _libm_gaussian_kernel(first: torch.Tensor, second: torch.Tensor, words: torc
 
 def _float32_sqrt_gaussian_kernel(first: torch.Tensor, second: torch.Tensor, words: torch.Tensor,
                                   coefficients: torch.Tensor) -> None:
-    """One block of the Threefry stream with the sampler's transform, but the float32 square root it took before
-    the float64 one (compiled, both round correctly: same numbers; the row shows the float64 one's cost)."""
+    """One block of the Threefry stream with the sampler's transform and a plain float32 square root (what the
+    compiled sampler computes; eagerly the sampler takes a float64 root for the same bits)."""
     c0 = torch.arange(first.shape[0], dtype=torch.int32) + words[2]
     w0, w1 = threefry2x32(c0, words[3], words[0], words[1])
     radius = torch.sqrt(_minus_two_log_uniform(w0))

@@ -601,9 +601,9 @@ class ThreefrySampler(CounterSampler):
         27 ns a number against 1.5 compiled (``benchmarks/rng/compile_cost.py``), so compiling pays only after
         about 1.3G numbers: a prefix-tuning run (57,600 numbers a pass, 35M in the main job's 200 steps) never
         repays it, full fine-tuning of a 135M model within a few steps. So the first ``compile_after`` numbers
-        (2^26 by default: about 1.8 s of eager draws) are drawn eagerly. On the CPU both kernels give the same bits for every
-        parameter dtype (``tests/test_samplers.py``), so where the switch falls changes no number. On GPUs
-        the compiled kernel may fuse multiply-adds, so they always compile.
+        (2^26 by default: about 1.8 s of eager draws) are drawn eagerly. On the CPU both kernels give the same
+        bits for every parameter dtype (``tests/test_samplers.py``), so where the switch falls changes no number.
+        On GPUs the compiled kernel may fuse multiply-adds, so they always compile.
         """
         if self.backend != "auto" or first.device.type != "cpu" or self.eager_numbers >= self.compile_after:
             return False

@@ -149,8 +149,7 @@ def _cos_sin_turn(w1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _correctly_rounded_sqrt(x: torch.Tensor) -> torch.Tensor:
     """sqrt of a float32 tensor, correctly rounded on every backend, so eager and compiled kernels agree.
 
-    Compiled code (inductor's C++ on CPU, Triton's libdevice sqrt on GPUs) takes the IEEE square root, which is
-    correctly rounded. Eager ``torch.sqrt`` of float32 on CPU is not (one value in six rounded otherwise on
+    Compiled CPU code (inductor's C++) takes the IEEE square root instruction, which is correctly rounded. Eager ``torch.sqrt`` of float32 on CPU is not (one value in six rounded otherwise on
     AVX-512), so eagerly the root is taken in float64 and rounded to float32: 53 bits exceed 2 x 24 + 2, so
     that double rounding gives the correctly rounded float32 too. The float64 root inside the compiled kernel
     would cost 0.2 ns per element on AVX-512 (``benchmarks/rng/pass_breakdown.py``, ``gaussian-float32-sqrt``
