@@ -12,12 +12,19 @@ import torch
 from zotune.bench.convergence import (
     ConvergenceConfig,
     RunKey,
+    ci95,
     choose_lr,
+    difference_ci95,
+    final_loss,
     first_reaching,
+    forward_passes_per_step,
+    loss_curve,
+    lr_grid,
     mean_curve,
     planned_runs,
     run_study,
     summarize,
+    verdict,
 )
 from zotune.bench.cost import CostConfig, run_cost
 from zotune.bench.experiments import append_result, load_experiment, read_results
@@ -143,6 +150,74 @@ def test_summarize_measures_steps_and_passes_to_mezo_final_dev():
     assert dizo["forward_passes_per_step"] == pytest.approx(2.4)
 
 
+def test_a_grid_whose_edge_wins_is_extended_until_the_best_is_inside():
+    cfg = study(methods=["mezo"], lr_grid={"mezo": [0.1, 0.3]}, extend_grid=2)
+    grid = [record("mezo", 0.1, 0, [0.6]), record("mezo", 0.3, 0, [0.7])]
+    assert lr_grid(cfg, grid, "mezo") == ([0.1, 0.3, 0.9], False)  # the upper edge won: one more, 3x higher
+    assert planned_runs(cfg, grid, "all") == [RunKey("mezo", 0.9, 0)]  # no final runs before the grid is done
+    worse = grid + [record("mezo", 0.9, 0, [0.65])]
+    assert lr_grid(cfg, worse, "mezo") == ([0.1, 0.3, 0.9], True) and choose_lr(cfg, worse, "mezo") == 0.3
+    better = grid + [record("mezo", 0.9, 0, [0.8]), record("mezo", 2.7, 0, [0.9])]
+    assert lr_grid(cfg, better, "mezo") == ([0.1, 0.3, 0.9, 2.7], True)  # two points added: no more
+    assert choose_lr(cfg, better, "mezo") == 2.7
+    assert summarize(cfg, better)["methods"]["mezo"]["lr_at_edge"] is True
+    lower = [record("mezo", 0.1, 0, [0.8]), record("mezo", 0.3, 0, [0.7])]
+    assert lr_grid(cfg, lower, "mezo")[0] == [0.0333, 0.1, 0.3]
+    assert lr_grid(study(methods=["mezo"], lr_grid={"mezo": [0.1, 0.3]}), grid, "mezo") == ([0.1, 0.3], True)
+
+
+def test_a_forward_pass_budget_gives_each_method_mezos_passes():
+    assert forward_passes_per_step("mezo") == 2 and forward_passes_per_step("kerzoo") == 6
+    assert forward_passes_per_step("dizo") == pytest.approx(2.4)  # 10 probe pairs every 50 steps
+    cfg = study(methods=["mezo", "kerzoo", "dizo"], lr_grid={m: [0.1] for m in ("mezo", "kerzoo", "dizo")},
+                steps=60, eval_every=20, budget="forward_passes")
+    assert [cfg.steps_for(m) for m in ("mezo", "kerzoo", "dizo")] == [60, 21, 51]  # 120 passes: 126 and 122.4
+    assert [cfg.eval_every_for(m) for m in ("mezo", "kerzoo", "dizo")] == [20, 7, 17]  # 3 evaluations each
+    assert study(steps=60, eval_every=20).steps_for("kerzoo") == 60
+    with pytest.raises(ValueError, match="budget"):
+        study(budget="hours")
+
+
+def test_a_labelled_method_runs_its_zotune_method_with_its_own_options(tmp_path):
+    from zotune.bench.convergence import _train_config
+
+    cfg = study(methods=["pezo", "pezo@pre-generation"], lr_grid={"pezo": [0.1], "pezo@pre-generation": [0.1]},
+                method_options={"pezo@pre-generation": {"mode": "pre-generation"}})
+    train = _train_config(cfg, RunKey("pezo@pre-generation", 0.1, 0), tmp_path / "run", zero_shot=False)
+    assert train.method.name == "pezo" and train.method.options == {"mode": "pre-generation"}
+    assert _train_config(cfg, RunKey("pezo", 0.1, 0), tmp_path / "run", zero_shot=False).method.options == {}
+    with pytest.raises(ValueError, match="unknown method"):
+        study(methods=["mezo@x", "nosuch@y"], lr_grid={"mezo@x": [0.1], "nosuch@y": [0.1]})
+
+
+def test_loss_curve_final_loss_and_intervals():
+    metrics = [{"step": 0, "forward_passes": 0}] + [
+        {"step": i, "loss": float(10 - i) if i != 3 else float("nan"), "forward_passes": 2 * i} for i in range(1, 11)]
+    curve = loss_curve(metrics, points=5)
+    assert [p["step"] for p in curve] == [2, 4, 6, 8, 10] and curve[1]["loss"] == 6.0  # the nan left out
+    assert final_loss({"loss_curve": curve}) == pytest.approx(0.5)  # the last 10%: one point
+    assert ci95([1.0, 2.0, 3.0]) == pytest.approx(4.303 / math.sqrt(3))
+    assert ci95([1.0]) is None
+    diff, low, high = difference_ci95([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])
+    assert diff == pytest.approx(1.0) and low < 0 < high
+
+
+def test_verdicts_follow_the_intervals():
+    def info(tests, passes=None):
+        return {"tests": tests, "reach": {"forward_passes": None, "per_seed_forward_passes": passes or []},
+                "budget_forward_passes": 1000}
+
+    mezo = info([0.80, 0.805, 0.795], [800, 900, 1000])
+    assert verdict("more accurate", info([0.85, 0.86, 0.84]), mezo)["verdict"] == "holds"
+    assert verdict("more accurate", info([0.70, 0.71, 0.69]), mezo)["verdict"] == "does not hold"
+    assert verdict("more accurate", info([0.75, 0.86, 0.81]), mezo)["verdict"] == "cannot tell at this size"
+    assert verdict("no accuracy loss", info([0.80, 0.805, 0.795]), mezo)["verdict"] == "holds"
+    assert verdict("no accuracy loss", info([0.70, 0.71, 0.69]), mezo)["verdict"] == "does not hold"
+    assert verdict("faster", info([0.8] * 3, [300, 350, 400]), mezo)["verdict"] == "holds"
+    assert verdict("faster", info([0.8] * 3, [None, None, None]), mezo)["verdict"] == "does not hold"
+    assert verdict("more accurate", info([0.9]), mezo)["verdict"] == "cannot tell at this size"
+
+
 def test_report_writes_tables_and_plot(tmp_path):
     exp_file = tmp_path / "toy.toml"
     exp_file.write_text('kind = "convergence"\nmethods = ["mezo", "pezo"]\nseeds = [0]\nsteps = 40\neval_every = 20\n'
@@ -155,7 +230,7 @@ def test_report_writes_tables_and_plot(tmp_path):
         append_result(exp.results, rec)
     md, png = write_report(exp)
     text = md.read_text()
-    assert "| mezo | 0.1 | 40 | 1.00 |" in text and "| pezo | 0.1 | not reached |" in text
+    assert "| mezo | 0.1 (grid edge) | 40 | 80 | 1.00 |" in text and "| pezo | 0.1 | 40 | not reached |" in text
     assert "0.1: 0.700*" in text and "0.2: 0.650" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -37,6 +37,9 @@ from typing import Any
 
 from zotune.bench.experiments import Experiment, append_result, read_results
 
+CLAIMS = ("faster", "more accurate", "no accuracy loss")
+NO_LOSS_MARGIN = 0.02  # "no accuracy loss" holds when the test difference's 95% interval stays above -2 points
+
 __all__ = ["ConvergenceConfig", "RunKey", "planned_runs", "choose_lr", "run_study", "summarize", "mean_curve"]
 
 
@@ -62,6 +65,14 @@ class ConvergenceConfig:
     threads: int | None = None
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> options
     train_options: dict[str, Any] = field(default_factory=dict)  # any other TrainConfig field (e.g. a custom task)
+    # "steps": every method runs ``steps`` steps; "forward_passes": every method gets MeZO's 2 * steps forward
+    # passes (a method spending p per step runs about 2 * steps / p steps, with as many dev evaluations)
+    budget: str = "steps"
+    # how many learning rates may be added to a method's grid beyond an edge that won (0: the grid as written)
+    extend_grid: int = 0
+    loss_points: int = 100  # the training loss is kept as this many window means per run
+    # the claims the study tests: {method, claim ("faster", "more accurate" or "no accuracy loss"), source}
+    claims: list[dict[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -84,6 +95,56 @@ class ConvergenceConfig:
         unknown = sorted(set(self.method_options) - set(self.methods))
         if unknown:
             raise ValueError(f"method_options for methods not in the study: {', '.join(unknown)}")
+        from zotune.methods import parse_method
+
+        for method in self.methods:
+            parse_method(zotune_method(method))  # an unknown method fails here, before any run
+        if self.budget not in ("steps", "forward_passes"):
+            raise ValueError(f"budget must be 'steps' or 'forward_passes', got {self.budget!r}")
+        if self.extend_grid < 0 or self.loss_points < 1:
+            raise ValueError("extend_grid must be >= 0 and loss_points >= 1")
+        for claim in self.claims:
+            if claim.get("method") not in self.methods or claim.get("claim") not in CLAIMS:
+                raise ValueError(f"a claim needs a method of the study and a claim among {', '.join(CLAIMS)}: {claim}")
+
+    @property
+    def evaluations(self) -> int:
+        return self.steps // self.eval_every
+
+    def steps_for(self, method: str) -> int:
+        """Steps of ``method``'s runs: ``steps``, or with a forward-pass budget MeZO's 2 * steps passes divided
+        by the method's mean passes per step, rounded to a whole number of evaluation intervals."""
+        if self.budget == "steps":
+            return self.steps
+        passes = forward_passes_per_step(zotune_method(method), self.method_options.get(method, {}))
+        per_eval = max(1, round(2 * self.eval_every / passes))
+        return per_eval * self.evaluations
+
+    def eval_every_for(self, method: str) -> int:
+        return self.steps_for(method) // self.evaluations
+
+
+def zotune_method(name: str) -> str:
+    """The zotune method of a study's method name: ``pezo@pool`` is ``pezo`` (the label after ``@`` tells
+    apart two option sets of one method, each with its own ``method_options`` and grid)."""
+    return name.split("@", 1)[0]
+
+
+def forward_passes_per_step(method: str, options: dict[str, Any] | None = None) -> float:
+    """Mean forward passes a step of ``method`` costs: its estimator's probes plus, for DiZO, the search's
+    2 * search_iters passes every ``interval`` steps (built on a dummy tensor: nothing is trained)."""
+    import torch
+
+    from zotune.methods import build_optimizer
+
+    # names a key/value projection would have, so DiZO's default projection set finds something
+    params = [(f"model.layers.0.self_attn.{name}.weight", torch.nn.Parameter(torch.zeros(2, 2))) for name in ("k_proj", "v_proj")]
+    optimizer = build_optimizer(method, params, **(options or {}))
+    passes = float(optimizer.estimator.forward_passes_per_step())
+    for transform in optimizer.transforms:
+        if getattr(transform, "name", None) == "dizo":
+            passes += 2 * transform.search_iters / transform.interval
+    return passes
 
 
 @dataclass(frozen=True)
@@ -101,9 +162,49 @@ def _done(records: list[dict[str, Any]]) -> dict[RunKey, dict[str, Any]]:
     return {RunKey.of(r): r for r in records}
 
 
-def grid_runs(cfg: ConvergenceConfig, methods: Iterable[str] | None = None) -> list[RunKey]:
+def grid_runs(cfg: ConvergenceConfig, methods: Iterable[str] | None = None,
+              records: list[dict[str, Any]] | None = None) -> list[RunKey]:
     wanted = list(methods) if methods else cfg.methods
-    return [RunKey(m, float(lr), s) for m in wanted for lr in cfg.lr_grid[m] for s in cfg.grid_seeds]
+    return [RunKey(m, lr, s) for m in wanted for lr in lr_grid(cfg, records or [], m)[0] for s in cfg.grid_seeds]
+
+
+def lr_grid(cfg: ConvergenceConfig, records: list[dict[str, Any]], method: str) -> tuple[list[float], bool]:
+    """``method``'s learning rates and whether they are all run: the file's grid, then, with ``extend_grid``,
+    one more point beyond whichever edge won (the grid's own ratio away, 3x with one point), until the best
+    is inside the grid or ``extend_grid`` points were added. Derived from the results alone, so every worker
+    and every resume plans the same grid."""
+    grid = sorted(float(lr) for lr in cfg.lr_grid[method])
+    done = _done(records)
+    for _ in range(cfg.extend_grid + 1):
+        scores = _grid_scores(cfg, done, method, grid)
+        if scores is None:
+            return grid, False
+        best = max(scores)[1]
+        factor = grid[1] / grid[0] if len(grid) > 1 else 3.0
+        if best == grid[-1]:
+            extra = grid[-1] * factor
+        elif best == grid[0]:
+            extra = grid[0] / factor
+        else:
+            break
+        if len(grid) - len(cfg.lr_grid[method]) >= cfg.extend_grid:
+            break
+        grid = sorted([*grid, float(f"{extra:.3g}")])
+    return grid, True
+
+
+def _grid_scores(cfg: ConvergenceConfig, done: dict[RunKey, dict[str, Any]], method: str,
+                 grid: list[float]) -> list[tuple[tuple[float, float, float], float]] | None:
+    scores = []
+    for lr in grid:
+        runs = [done.get(RunKey(method, lr, s)) for s in cfg.grid_seeds]
+        if any(r is None for r in runs):
+            return None
+        per_seed = [_score(r) for r in runs]
+        mean_best = statistics.fmean(s[0] for s in per_seed) if all(math.isfinite(s[0]) for s in per_seed) else -math.inf
+        mean_final = statistics.fmean(s[1] for s in per_seed) if all(math.isfinite(s[1]) for s in per_seed) else -math.inf
+        scores.append(((mean_best, mean_final, -lr), lr))
+    return scores
 
 
 def _score(record: dict[str, Any] | None) -> tuple[float, float]:
@@ -114,17 +215,11 @@ def _score(record: dict[str, Any] | None) -> tuple[float, float]:
 
 def choose_lr(cfg: ConvergenceConfig, records: list[dict[str, Any]], method: str) -> float | None:
     """The grid's learning rate for ``method`` (see the module docstring); None until its grid is complete."""
-    done = _done(records)
-    scores = []
-    for lr in cfg.lr_grid[method]:
-        runs = [done.get(RunKey(method, float(lr), s)) for s in cfg.grid_seeds]
-        if any(r is None for r in runs):
-            return None
-        per_seed = [_score(r) for r in runs]
-        mean_best = statistics.fmean(s[0] for s in per_seed) if all(math.isfinite(s[0]) for s in per_seed) else -math.inf
-        mean_final = statistics.fmean(s[1] for s in per_seed) if all(math.isfinite(s[1]) for s in per_seed) else -math.inf
-        scores.append(((mean_best, mean_final, -float(lr)), float(lr)))
-    return max(scores)[1]
+    grid, complete = lr_grid(cfg, records, method)
+    if not complete:
+        return None
+    scores = _grid_scores(cfg, _done(records), method, grid)
+    return max(scores)[1] if scores else None
 
 
 def planned_runs(cfg: ConvergenceConfig, records: list[dict[str, Any]], part: str, methods: Iterable[str] | None = None) -> list[RunKey]:
@@ -138,7 +233,7 @@ def planned_runs(cfg: ConvergenceConfig, records: list[dict[str, Any]], part: st
     done = _done(records)
     keys: list[RunKey] = []
     if part in ("grid", "all"):
-        keys += grid_runs(cfg, wanted)
+        keys += grid_runs(cfg, wanted, records)
     if part in ("final", "all"):
         for method in wanted:
             lr = choose_lr(cfg, records, method)
@@ -155,8 +250,8 @@ def _train_config(cfg: ConvergenceConfig, key: RunKey, out: Path, zero_shot: boo
     from zotune.train.config import TrainConfig
 
     return TrainConfig.from_flat(
-        model=cfg.model, task=cfg.task, method=key.method, peft=cfg.peft, steps=cfg.steps, lr=key.lr, eps=cfg.eps,
-        batch_size=cfg.batch_size, eval_every=cfg.eval_every, seed=key.seed, out=str(out), num_train=cfg.num_train,
+        model=cfg.model, task=cfg.task, method=zotune_method(key.method), peft=cfg.peft, steps=cfg.steps_for(key.method), lr=key.lr,
+        eps=cfg.eps, batch_size=cfg.batch_size, eval_every=cfg.eval_every_for(key.method), seed=key.seed, out=str(out), num_train=cfg.num_train,
         num_dev=cfg.num_dev, num_eval=cfg.num_eval, max_length=cfg.max_length, threads=cfg.threads,
         method_options=dict(cfg.method_options.get(key.method, {})), zero_shot=zero_shot, progress=False,
         overwrite=True, **cfg.train_options,
@@ -185,13 +280,36 @@ def run_one(cfg: ConvergenceConfig, key: RunKey, zero_shot: bool, workdir: Path)
         "forward_passes": summary.get("forward_passes"), "nonfinite_steps": summary.get("nonfinite_steps"),
         "wall_seconds": round(time.perf_counter() - started, 1), "train_seconds": round(summary.get("train_seconds", 0.0), 1),
         "cpu_seconds": round(summary.get("cpu_seconds", 0.0), 1), "threads": summary.get("threads"),
-        "trainable_params": summary.get("trainable_params"),
+        "trainable_params": summary.get("trainable_params"), "steps": cfg.steps_for(key.method),
+        "peak_memory_mb": summary.get("peak_memory_mb"), "loss_curve": loss_curve(metrics, cfg.loss_points),
+        "random_numbers_per_step": _mean_of(r.get("random_numbers") for r in metrics if "loss" in r),
     }
     if error:
         record["error"] = error
     if "zero_shot" in summary:
         record["zero_shot"] = {split: values.get(metric) for split, values in summary["zero_shot"].items()}
     return record
+
+
+def loss_curve(metrics: list[dict[str, Any]], points: int) -> list[dict[str, Any]]:
+    """The training loss of every step (the mean of its probe losses), as ``points`` window means: each point
+    has the window's last step and forward passes; non-finite losses are left out of their window."""
+    steps = [r for r in metrics if "loss" in r and "step" in r and r["step"] > 0]
+    if not steps:
+        return []
+    size = max(1, math.ceil(len(steps) / points))
+    out = []
+    for at in range(0, len(steps), size):
+        window = steps[at: at + size]
+        finite = [r["loss"] for r in window if r["loss"] is not None and math.isfinite(r["loss"])]
+        out.append({"step": window[-1]["step"], "forward_passes": window[-1]["forward_passes"],
+                    "loss": statistics.fmean(finite) if finite else None})
+    return out
+
+
+def _mean_of(values: Iterable[Any]) -> float | None:
+    kept = [float(v) for v in values if v is not None]
+    return statistics.fmean(kept) if kept else None
 
 
 def _read_metrics(folder: Path) -> list[dict[str, Any]]:
@@ -297,6 +415,96 @@ def _with_step_zero(record: dict[str, Any], zero_shot: dict[str, Any] | None) ->
     return {**record, "curve": [{"step": 0, "forward_passes": 0, "dev": zero_shot["dev"], "wall_time": 0.0}, *curve]}
 
 
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal's 1.96)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t975(df: float) -> float:
+    """Student's t 97.5% quantile, at the whole degrees of freedom below ``df`` (a slightly wider interval)."""
+    whole = max(1, math.floor(df))
+    return _T975[whole - 1] if whole <= len(_T975) else 1.96
+
+
+def ci95(values: list[float]) -> float | None:
+    """Half-width of the t-based 95% confidence interval of the mean (None with fewer than two values)."""
+    if len(values) < 2:
+        return None
+    return t975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def difference_ci95(a: list[float], b: list[float]) -> tuple[float, float, float] | None:
+    """mean(a) - mean(b) and its Welch 95% interval (low, high); None with fewer than two values on a side."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    if va + vb == 0:
+        return diff, diff, diff
+    df = (va + vb) ** 2 / ((va ** 2 / (len(a) - 1) if va else 0.0) + (vb ** 2 / (len(b) - 1) if vb else 0.0))
+    half = t975(df) * math.sqrt(va + vb)
+    return diff, diff - half, diff + half
+
+
+def final_loss(record: dict[str, Any], tail: float = 0.1) -> float | None:
+    """A run's final training loss: the mean of the last ``tail`` of its loss curve (at least one point)."""
+    points = [p["loss"] for p in record.get("loss_curve") or [] if p["loss"] is not None]
+    if not points:
+        return None
+    return statistics.fmean(points[-max(1, round(tail * len(points))):])
+
+
+def mean_loss_curve(records: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Seed-mean training loss (and min / max) at each window all runs have (the runs of one method share
+    their steps)."""
+    curves = [r.get("loss_curve") or [] for r in records]
+    if not curves or not all(curves):
+        return []
+    out = []
+    for points in zip(*curves):
+        losses = [p["loss"] for p in points]
+        if any(v is None for v in losses):
+            continue
+        out.append({"step": points[0]["step"], "forward_passes": statistics.fmean(p["forward_passes"] for p in points),
+                    "loss": statistics.fmean(losses), "loss_min": min(losses), "loss_max": max(losses)})
+    return out
+
+
+def verdict(claim: str, method: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """One claim against MeZO, decided by 95% intervals over seeds:
+
+    * ``more accurate``: the test-metric difference's Welch interval above 0 holds, below 0 does not hold;
+    * ``no accuracy loss``: holds when the interval's low end is above -NO_LOSS_MARGIN, does not hold when its
+      high end is below 0 (a loss larger than the spread);
+    * ``faster``: forward passes to MeZO's final dev metric, per seed (a seed that never reaches it counts as
+      the whole budget, which favours the method): the difference's interval below 0 holds, above 0 or a
+      method that never reaches it does not hold.
+
+    Anything else is "cannot tell at this size" (the interval contains the answer either way)."""
+    if claim == "faster":
+        budget = method.get("budget_forward_passes")
+        ours = [p if p is not None else budget for p in method["reach"].get("per_seed_forward_passes", [])]
+        theirs = [p if p is not None else budget for p in baseline["reach"].get("per_seed_forward_passes", [])]
+        if method["reach"]["forward_passes"] is None and not any(p is not None for p in method["reach"].get("per_seed_forward_passes", [])):
+            return {"verdict": "does not hold", "why": "never reached MeZO's final dev metric"}
+        ci = difference_ci95([float(v) for v in ours if v is not None], [float(v) for v in theirs if v is not None])
+        quantity, better_below = "forward passes to MeZO's final dev", True
+    else:
+        ci = difference_ci95(method["tests"], baseline["tests"])
+        quantity, better_below = "test metric", False
+    if ci is None:
+        return {"verdict": "cannot tell at this size", "why": "fewer than two seeds on a side"}
+    diff, low, high = ci
+    detail = {"quantity": quantity, "difference": diff, "low": low, "high": high}
+    if claim == "no accuracy loss":
+        answer = "holds" if low > -NO_LOSS_MARGIN else "does not hold" if high < 0 else "cannot tell at this size"
+    elif better_below:
+        answer = "holds" if high < 0 else "does not hold" if low > 0 else "cannot tell at this size"
+    else:
+        answer = "holds" if low > 0 else "does not hold" if high < 0 else "cannot tell at this size"
+    return {"verdict": answer, **detail}
+
+
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
@@ -313,9 +521,19 @@ def summarize(cfg: ConvergenceConfig, records: list[dict[str, Any]]) -> dict[str
         runs = [by_key[RunKey(method, lr, s)] for s in cfg.seeds if lr is not None and RunKey(method, lr, s) in by_key]
         completed = [_with_step_zero(r, zero.get(r["seed"])) for r in runs if r["status"] == "completed"]
         test_mean, test_std = _mean_std([r["test"] for r in completed])
+        grid, _ = lr_grid(cfg, records, method)
+        finals = [v for v in (final_loss(r) for r in completed) if v is not None]
         methods[method] = {
             "lr": lr, "seeds": [r["seed"] for r in runs], "diverged": len(runs) - len(completed),
+            "grid": grid, "lr_at_edge": lr is not None and len(grid) > 1 and lr in (grid[0], grid[-1]),
             "test_mean": test_mean, "test_std": test_std, "tests": [r["test"] for r in completed],
+            "test_ci95": ci95([r["test"] for r in completed]),
+            "final_loss_mean": statistics.fmean(finals) if finals else None, "final_loss_ci95": ci95(finals),
+            "loss_curve": mean_loss_curve(completed),
+            "peak_memory_mb": _mean_of(r.get("peak_memory_mb") for r in runs),
+            "random_numbers_per_step": _mean_of(r.get("random_numbers_per_step") for r in runs),
+            "wall_seconds": [r["wall_seconds"] for r in runs],
+            "budget_forward_passes": max((r["forward_passes"] for r in completed), default=None),
             "curve": mean_curve(completed), "runs": completed,
             "wall_seconds_mean": statistics.fmean(r["wall_seconds"] for r in runs) if runs else None,
             "forward_passes_per_step": (statistics.fmean(r["forward_passes"] / cfg.steps for r in completed)
@@ -325,18 +543,28 @@ def summarize(cfg: ConvergenceConfig, records: list[dict[str, Any]]) -> dict[str
     target = None
     if baseline and baseline["runs"]:
         target = statistics.fmean(r["curve"][-1]["dev"] for r in baseline["runs"])
+    target_loss = baseline["final_loss_mean"] if baseline else None
     for method, info in methods.items():
         hit = first_reaching(info["curve"], target) if target is not None else None
+        per_seed = [first_reaching(r["curve"], target) for r in info["runs"]] if target is not None else []
         info["reach"] = {"step": hit["step"] if hit else None, "forward_passes": hit["forward_passes"] if hit else None,
-                         "per_seed_steps": [(p := first_reaching(r["curve"], target)) and p["step"] for r in info["runs"]]
-                         if target is not None else []}
+                         "per_seed_steps": [p and p["step"] for p in per_seed],
+                         "per_seed_forward_passes": [p and p["forward_passes"] for p in per_seed]}
+        low = next((p for p in info["loss_curve"] if target_loss is not None and p["loss"] <= target_loss + 1e-12), None)
+        info["reach_loss"] = {"step": low and low["step"], "forward_passes": low and low["forward_passes"]}
     if baseline and baseline["reach"]["step"]:
         for info in methods.values():
             reach = info["reach"]
             reach["step_ratio"] = reach["step"] / baseline["reach"]["step"] if reach["step"] else None
             reach["forward_pass_ratio"] = (reach["forward_passes"] / baseline["reach"]["forward_passes"]
                                            if reach["forward_passes"] else None)
+    claims = []
+    for claim in cfg.claims:
+        info = methods.get(claim["method"])
+        result = (verdict(claim["claim"], info, baseline) if info and baseline and info["runs"] and baseline["runs"]
+                  else {"verdict": "not run yet"})
+        claims.append({**claim, **result})
     zs_test, zs_test_std = _mean_std([z["test"] for s, z in zero.items() if s in cfg.seeds and z.get("test") is not None])
     zs_dev, _ = _mean_std([z["dev"] for s, z in zero.items() if s in cfg.seeds and z.get("dev") is not None])
-    return {"task": cfg.task, "target_dev": target, "zero_shot": {"test_mean": zs_test, "test_std": zs_test_std, "dev_mean": zs_dev},
+    return {"task": cfg.task, "target_dev": target, "target_loss": target_loss, "claims": claims, "zero_shot": {"test_mean": zs_test, "test_std": zs_test_std, "dev_mean": zs_dev},
             "zero_shot_by_seed": zero, "methods": methods}

@@ -11,7 +11,7 @@ from typing import Any
 
 from zotune.bench.experiments import Experiment, read_results
 
-__all__ = ["write_report", "cost_table", "convergence_tables", "plot_convergence"]
+__all__ = ["write_report", "cost_table", "convergence_tables", "verdict_table", "plot_convergence"]
 
 
 def _fmt_int(value: float | None) -> str:
@@ -76,40 +76,73 @@ def _ratio(value: float | None) -> str:
     return "not reached" if value is None else f"{value:.2f}"
 
 
+def _ci(mean: float | None, half: float | None) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.3f}" + ("" if half is None else f" ± {half:.3f}")
+
+
+def verdict_table(summary: dict[str, Any]) -> str:
+    """The claims under test, each with its verdict and the 95% interval it rests on."""
+    lines = ["| method | claim | source | verdict | difference vs MeZO (95% interval) |", "|---|---|---|---|---|"]
+    for claim in summary["claims"]:
+        if "difference" in claim:
+            evidence = f"{claim['quantity']}: {claim['difference']:+.3g} ({claim['low']:+.3g} to {claim['high']:+.3g})"
+        else:
+            evidence = claim.get("why", "–")
+        lines.append(f"| {claim['method']} | {claim['claim']} | {claim.get('source', '–')} | **{claim['verdict']}** | {evidence} |")
+    return "\n".join(lines)
+
+
 def convergence_tables(summary: dict[str, Any], cfg: Any, records: list[dict[str, Any]]) -> str:
     from zotune.bench.convergence import RunKey
 
     target = summary["target_dev"]
+    target_loss = summary.get("target_loss")
     zs = summary["zero_shot"]
+    budget = ("equal forward passes (MeZO's 2 x steps)" if getattr(cfg, "budget", "steps") == "forward_passes"
+              else "equal steps")
     lines = [
-        f"**{cfg.task}**, {cfg.model}, {cfg.peft}: {cfg.steps} steps of batch {cfg.batch_size}, dev {cfg.num_dev} / test "
-        f"{cfg.num_eval} examples, seeds {cfg.seeds}, dev every {cfg.eval_every} steps. "
-        f"Target = MeZO's final dev {'–' if target is None else format(target, '.3f')}; zero-shot test {_pm(zs['test_mean'], zs['test_std'])}.",
+        f"**{cfg.task}**, {cfg.model}, {cfg.peft}: {cfg.steps} MeZO steps of batch {cfg.batch_size}, {budget}, dev "
+        f"{cfg.num_dev} / test {cfg.num_eval} examples, seeds {cfg.seeds}, {cfg.steps // cfg.eval_every} dev evaluations "
+        f"a run. Target = MeZO's final dev {'–' if target is None else format(target, '.3f')}, MeZO's final training "
+        f"loss {'–' if target_loss is None else format(target_loss, '.4f')}; zero-shot test {_pm(zs['test_mean'], zs['test_std'])}.",
         "",
-        "| method | lr (kept) | steps to target | ÷ MeZO | forward passes to target | ÷ MeZO | per-seed steps | "
-        "test (mean ± std) | forward passes / step | wall s / run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    if summary.get("claims"):
+        lines += [verdict_table(summary), ""]
+    lines += [
+        "| method | lr (kept) | steps | forward passes to target dev | ÷ MeZO | per-seed steps to it | forward passes to "
+        "MeZO's final loss | test (mean ± 95% CI) | final loss (± 95% CI) | forward passes / step | random numbers / step "
+        "| peak memory MiB | wall s / run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, info in summary["methods"].items():
         reach = info["reach"]
         per_seed = ", ".join("–" if s is None else str(s) for s in reach.get("per_seed_steps", []))
-        lr = "–" if info["lr"] is None else f"{info['lr']:g}"
-        steps = "not reached" if reach["step"] is None else str(reach["step"])
-        test = _pm(info["test_mean"], info["test_std"]) + (f" ({info['diverged']} diverged)" if info["diverged"] else "")
+        lr = "–" if info["lr"] is None else f"{info['lr']:g}" + (" (grid edge)" if info.get("lr_at_edge") else "")
+        steps = cfg.steps_for(method) if hasattr(cfg, "steps_for") else cfg.steps
+        test = _ci(info["test_mean"], info.get("test_ci95")) + (f" ({info['diverged']} diverged)" if info["diverged"] else "")
         passes = "–" if info["forward_passes_per_step"] is None else f"{info['forward_passes_per_step']:.2f}"
-        wall = "–" if info["wall_seconds_mean"] is None else f"{info['wall_seconds_mean']:.0f}"
+        walls = info.get("wall_seconds") or []
+        wall = "–" if not walls else f"{sum(walls) / len(walls):.0f}"
+        loss_reach = (info.get("reach_loss") or {}).get("forward_passes")
         lines.append(
-            f"| {method} | {lr} | {steps} | {_ratio(reach.get('step_ratio'))} | {_fmt_int(reach['forward_passes'])} | "
-            f"{_ratio(reach.get('forward_pass_ratio'))} | {per_seed} | {test} | {passes} | {wall} |"
+            f"| {method} | {lr} | {steps} | {'not reached' if reach['forward_passes'] is None else _fmt_int(reach['forward_passes'])} | "
+            f"{_ratio(reach.get('forward_pass_ratio'))} | {per_seed} | "
+            f"{'–' if target_loss is None else 'not reached' if loss_reach is None else _fmt_int(loss_reach)} | {test} | "
+            f"{_ci(info.get('final_loss_mean'), info.get('final_loss_ci95'))} | {passes} | "
+            f"{_fmt_int(info.get('random_numbers_per_step'))} | {_fmt_int(info.get('peak_memory_mb'))} | {wall} |"
         )
     # the learning-rate grid, for the record
     by_key = {RunKey.of(r): r for r in records}
+    grids = {m: summary["methods"][m].get("grid") or sorted(float(x) for x in cfg.lr_grid[m]) for m in cfg.methods}
+    width = max(len(g) for g in grids.values())
     lines += ["", f"Learning-rate grid (best dev metric, mean over grid seeds {cfg.grid_seeds}; * = kept):", "",
-              "| method | " + " | ".join("lr" for _ in range(max(len(v) for v in cfg.lr_grid.values()))) + " |",
-              "|---|" + "---|" * max(len(v) for v in cfg.lr_grid.values())]
+              "| method | " + " | ".join("lr" for _ in range(width)) + " |", "|---|" + "---|" * width]
     for method in cfg.methods:
         cells = []
-        for lr in cfg.lr_grid[method]:
+        for lr in grids[method]:
             runs = [by_key.get(RunKey(method, float(lr), s)) for s in cfg.grid_seeds]
             if any(r is None for r in runs):
                 cells.append(f"{lr:g}: not run")
@@ -122,30 +155,43 @@ def convergence_tables(summary: dict[str, Any], cfg: Any, records: list[dict[str
 
 
 def plot_convergence(summary: dict[str, Any], path: Path, title: str) -> Path:
-    """Dev metric against steps and against forward passes: seed mean, with the min-max band over seeds."""
+    """Dev metric against forward passes and against steps, and the training loss against forward passes:
+    seed mean, with the min-max band over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    has_loss = any(info.get("loss_curve") for info in summary["methods"].values())
+    fig, axes = plt.subplots(1, 3 if has_loss else 2, figsize=(16 if has_loss else 11, 4.2))
     for method, info in summary["methods"].items():
         curve = info["curve"]
         if not curve:
             continue
         label = f"{method} (lr {info['lr']:g}, n={len(info['runs'])})"
-        for axis, x_key in zip(axes, ("step", "forward_passes")):
+        for axis, x_key in zip(axes[:2], ("forward_passes", "step")):
             xs = [p[x_key] for p in curve]
             line, = axis.plot(xs, [p["dev"] for p in curve], marker="o", markersize=3, label=label)
             axis.fill_between(xs, [p["dev_min"] for p in curve], [p["dev_max"] for p in curve], color=line.get_color(), alpha=0.15)
-    for axis, xlabel in zip(axes, ("steps", "forward passes")):
+        if has_loss and info.get("loss_curve"):
+            loss = info["loss_curve"]
+            xs = [p["forward_passes"] for p in loss]
+            axes[2].plot(xs, [p["loss"] for p in loss], color=line.get_color(), linewidth=1)
+            axes[2].fill_between(xs, [p["loss_min"] for p in loss], [p["loss_max"] for p in loss], color=line.get_color(), alpha=0.15)
+    for axis, xlabel in zip(axes[:2], ("forward passes", "steps")):
         if summary["target_dev"] is not None:
             axis.axhline(summary["target_dev"], color="grey", linestyle="--", linewidth=1)
         axis.set_xlabel(xlabel)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("dev metric (mean over seeds; band: min-max)")
     axes[1].legend(fontsize=7, loc="lower right")
-    fig.suptitle(title + " (dashed: MeZO's final dev metric)", fontsize=10)
+    if has_loss:
+        if summary.get("target_loss") is not None:
+            axes[2].axhline(summary["target_loss"], color="grey", linestyle="--", linewidth=1)
+        axes[2].set_xlabel("forward passes")
+        axes[2].set_ylabel("training loss (window means)")
+        axes[2].grid(alpha=0.3)
+    fig.suptitle(title + " (dashed: MeZO's final value)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
