@@ -190,6 +190,17 @@ def test_a_labelled_method_runs_its_zotune_method_with_its_own_options(tmp_path)
         study(methods=["mezo@x", "nosuch@y"], lr_grid={"mezo@x": [0.1], "nosuch@y": [0.1]})
 
 
+def test_runs_of_another_length_are_neither_reused_nor_analysed():
+    """A study file whose ``steps`` changed after some runs: those runs are planned again, not mixed in."""
+    cfg = study(methods=["mezo"], lr_grid={"mezo": [0.1]}, seeds=[0])
+    old = {**record("mezo", 0.1, 0, [0.6, 0.7]), "steps": 20}
+    assert planned_runs(cfg, [old], "all") == [RunKey("mezo", 0.1, 0)]
+    assert summarize(cfg, [old])["methods"]["mezo"]["runs"] == []
+    same = {**record("mezo", 0.1, 0, [0.6, 0.7]), "steps": 40}
+    legacy = record("mezo", 0.1, 0, [0.6, 0.7])  # made before runs recorded their steps: kept
+    assert planned_runs(cfg, [same], "all") == [] and planned_runs(cfg, [legacy], "all") == []
+
+
 def test_loss_curve_final_loss_and_intervals():
     metrics = [{"step": 0, "forward_passes": 0}] + [
         {"step": i, "loss": float(10 - i) if i != 3 else float("nan"), "forward_passes": 2 * i} for i in range(1, 11)]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fixtures.tiny import ARCHS, tiny_model, tiny_tokenizer
-from zotune.llm.peft import PeftSettings, apply_peft, find_qv_targets, trainable_parameters
+from zotune.llm.peft import PeftSettings, _cache_argument, apply_peft, find_qv_targets, model_forward, trainable_parameters
 
 EXPECTED_TARGETS = {"llama": ["q_proj", "v_proj"], "opt": ["q_proj", "v_proj"], "gpt2": ["c_attn"],
                     "gemma3": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"]}
@@ -47,6 +47,24 @@ def test_prefix_initialised_from_real_activations(arch):
         got = peft_model(input_ids=x, attention_mask=torch.ones_like(x)).logits
         ref = base(input_ids=torch.cat([prefix_ids, x], dim=1)).logits[:, 3:]
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt", "gpt2", "qwen2"])
+def test_prefix_forward_with_the_cache_argument_equals_pefts_forward(arch):
+    """model_forward passes the prefix as ``cache=`` where the base model takes it (peft passes the deprecated
+    ``past_key_values=``): the same logits as peft's own forward, bit for bit, on a right-padded batch."""
+    model = apply_peft(tiny_model(arch), "prefix", PeftSettings(num_virtual_tokens=3), seed=7)
+    with torch.no_grad():
+        model.prompt_encoder[model.active_adapter].embedding.weight.add_(0.1)  # a trained prefix, not the init
+    ids = torch.tensor([[5, 6, 7, 8, 9], [3, 4, 5, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        ours = model_forward(model, ids, mask, use_cache=False).logits
+        theirs = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    assert torch.equal(ours, theirs)
+    lora = apply_peft(tiny_model(arch), "lora", PeftSettings(), seed=7)  # anything else: the model's own call
+    with torch.no_grad():
+        assert torch.equal(model_forward(lora, ids, mask).logits, lora(input_ids=ids, attention_mask=mask).logits)
 
 
 def test_full_mode_freezes_embeddings_unless_asked():
@@ -146,6 +164,8 @@ def test_prefix_tuning_makes_no_deprecated_cache_call_of_its_own():
             scorer.lm_loss(exs)
             scorer.generate(exs, max_new_tokens=3)
     assert "zotune" not in calls.origins(), calls.found
+    if _cache_argument(model.get_base_model()) == "cache":  # zotune hands the prefix over itself, not via peft
+        assert "peft" not in calls.origins(), calls.found
     if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}):  # the renamed transformers
         # the recorder does see a deprecated read, and blames the code that made it
         with CallOrigins() as probe:

@@ -5,7 +5,9 @@ Protocol (one experiment file = one task):
 1. **Grid.** Every method runs at every learning rate of its grid on the ``grid_seeds``. The learning rate
    kept for a method is the one with the highest mean *best dev metric* (the dev metric of the best-dev
    checkpoint, the one the run reports on test) over the grid seeds; ties go to the higher mean final dev
-   metric, then to the smaller learning rate. A diverged run counts as -inf.
+   metric, then to the smaller learning rate. A diverged run counts as -inf. With ``extend_grid = k``, an
+   edge of the grid that wins adds the next point beyond it (the grid's own ratio away), up to k points, so
+   the kept rate is bracketed (:func:`lr_grid`).
 2. **Final.** Every method runs at its kept learning rate on every seed of ``seeds``. Runs of the grid with
    the same (method, lr, seed) are the same run and are not repeated.
 
@@ -15,10 +17,16 @@ seed's data split, not on the method), the test metric of the best-dev checkpoin
 time. Runs already in the file are skipped, so a study can be interrupted and resumed, or split across
 processes with ``methods`` filters.
 
+Budget: ``budget = "steps"`` gives every method ``steps`` steps; ``"forward_passes"`` gives every method MeZO's
+2 x ``steps`` forward passes (the authors' KerZOO, six passes a step, runs a third of the steps), with the same
+number of dev evaluations. Method names may carry a label (``pezo@pre-generation``): the same zotune method
+with other ``method_options``.
+
 Analysis (:func:`summarize`): MeZO's *final dev metric* is the mean over seeds of its dev metric at the
-last step. For each method, the steps (and forward passes) to reach it are read off the seed-mean dev
+last step; MeZO's *final training loss* the mean of its last 10% of training-loss windows. For each method, the steps (and forward passes) to reach it are read off the seed-mean dev
 curve at the evaluation points (first point >= target; ``None`` when never reached), and per seed; the
-ratio to MeZO's own is the claim under test.
+ratio to MeZO's own is the claim under test. Test metrics and final losses carry t-based 95% confidence
+intervals over seeds, and each claim of the experiment file (``claims``) gets a verdict (:func:`verdict`).
 """
 
 from __future__ import annotations
@@ -40,7 +48,9 @@ from zotune.bench.experiments import Experiment, append_result, read_results
 CLAIMS = ("faster", "more accurate", "no accuracy loss")
 NO_LOSS_MARGIN = 0.02  # "no accuracy loss" holds when the test difference's 95% interval stays above -2 points
 
-__all__ = ["ConvergenceConfig", "RunKey", "planned_runs", "choose_lr", "run_study", "summarize", "mean_curve"]
+__all__ = ["ConvergenceConfig", "RunKey", "planned_runs", "choose_lr", "lr_grid", "run_study", "summarize", "mean_curve",
+           "forward_passes_per_step", "zotune_method", "loss_curve", "final_loss", "ci95", "difference_ci95", "verdict",
+           "CLAIMS"]
 
 
 @dataclass
@@ -162,6 +172,12 @@ def _done(records: list[dict[str, Any]]) -> dict[RunKey, dict[str, Any]]:
     return {RunKey.of(r): r for r in records}
 
 
+def current(cfg: ConvergenceConfig, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The results made with this file's length of run: a run of another ``steps`` (the file was changed
+    after it ran) is neither reused nor analysed. Results older than the ``steps`` field are kept."""
+    return [r for r in records if r.get("steps") is None or r["steps"] == cfg.steps_for(r["method"])]
+
+
 def grid_runs(cfg: ConvergenceConfig, methods: Iterable[str] | None = None,
               records: list[dict[str, Any]] | None = None) -> list[RunKey]:
     wanted = list(methods) if methods else cfg.methods
@@ -174,7 +190,7 @@ def lr_grid(cfg: ConvergenceConfig, records: list[dict[str, Any]], method: str) 
     is inside the grid or ``extend_grid`` points were added. Derived from the results alone, so every worker
     and every resume plans the same grid."""
     grid = sorted(float(lr) for lr in cfg.lr_grid[method])
-    done = _done(records)
+    done = _done(current(cfg, records))
     for _ in range(cfg.extend_grid + 1):
         scores = _grid_scores(cfg, done, method, grid)
         if scores is None:
@@ -218,7 +234,7 @@ def choose_lr(cfg: ConvergenceConfig, records: list[dict[str, Any]], method: str
     grid, complete = lr_grid(cfg, records, method)
     if not complete:
         return None
-    scores = _grid_scores(cfg, _done(records), method, grid)
+    scores = _grid_scores(cfg, _done(current(cfg, records)), method, grid)
     return max(scores)[1] if scores else None
 
 
@@ -226,6 +242,7 @@ def planned_runs(cfg: ConvergenceConfig, records: list[dict[str, Any]], part: st
     """Runs of ``part`` ("grid", "final" or "all") not yet in ``records``; final runs need a finished grid."""
     if part not in ("grid", "final", "all"):
         raise ValueError(f"part must be grid, final or all, got {part!r}")
+    records = current(cfg, records)
     wanted = list(methods) if methods else cfg.methods
     unknown = sorted(set(wanted) - set(cfg.methods))
     if unknown:
@@ -260,6 +277,9 @@ def _train_config(cfg: ConvergenceConfig, key: RunKey, out: Path, zero_shot: boo
 
 def run_one(cfg: ConvergenceConfig, key: RunKey, zero_shot: bool, workdir: Path) -> dict[str, Any]:
     """Train one run and return its result line (a diverged run is a result too)."""
+    import torch
+
+    from zotune.bench.step import machine
     from zotune.train.loop import TrainingDiverged, train
 
     out = workdir / f"{key.method}-lr{key.lr:g}-seed{key.seed}"
@@ -283,6 +303,8 @@ def run_one(cfg: ConvergenceConfig, key: RunKey, zero_shot: bool, workdir: Path)
         "trainable_params": summary.get("trainable_params"), "steps": cfg.steps_for(key.method),
         "peak_memory_mb": summary.get("peak_memory_mb"), "loss_curve": loss_curve(metrics, cfg.loss_points),
         "random_numbers_per_step": _mean_of(r.get("random_numbers") for r in metrics if "loss" in r),
+        # where and when: wall times from machines with another CPU are not comparable
+        **machine(), "torch": torch.__version__, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     if error:
         record["error"] = error
@@ -364,7 +386,7 @@ def run_study(exp: Experiment, part: str = "all", methods: Iterable[str] | None 
             if key is None or claim is None:
                 break  # nothing left, or the rest is held by other workers
             try:
-                if key in {RunKey.of(r) for r in read_results(exp.results)}:
+                if key in {RunKey.of(r) for r in current(cfg, read_results(exp.results))}:
                     continue  # finished by another worker between our read and our claim
                 records = read_results(exp.results)
                 zero_shot = not any(r.get("zero_shot") and r["seed"] == key.seed for r in records)
@@ -513,6 +535,7 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 def summarize(cfg: ConvergenceConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Per method: kept lr, test mean/std, dev curves, steps and forward passes to reach MeZO's final dev."""
+    records = current(cfg, records)
     by_key = _done(records)
     zero = {r["seed"]: r["zero_shot"] for r in records if r.get("zero_shot")}
     methods: dict[str, Any] = {}

@@ -127,6 +127,9 @@ def convergence_tables(summary: dict[str, Any], cfg: Any, records: list[dict[str
         walls = info.get("wall_seconds") or []
         wall = "–" if not walls else f"{sum(walls) / len(walls):.0f}"
         loss_reach = (info.get("reach_loss") or {}).get("forward_passes")
+        if not info["runs"]:  # nothing finished at the kept lr yet (or no lr kept)
+            lines.append(f"| {method} | {lr} | {steps} | " + " | ".join(["–"] * 10) + " |")
+            continue
         lines.append(
             f"| {method} | {lr} | {steps} | {'not reached' if reach['forward_passes'] is None else _fmt_int(reach['forward_passes'])} | "
             f"{_ratio(reach.get('forward_pass_ratio'))} | {per_seed} | "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -82,9 +83,17 @@ def _run_memory(args: argparse.Namespace) -> int:
 def _run_experiment(args: argparse.Namespace) -> int:
     from zotune.bench.experiments import load_experiment
 
+    from zotune.train.runner import RunInterrupted
+
     experiments = [load_experiment(path) for path in args.experiments]  # all checked before any runs
-    for exp in experiments:
-        _run_one_experiment(exp, args)
+    try:
+        for exp in experiments:
+            _run_one_experiment(exp, args)
+    except RunInterrupted as exc:
+        # a study run stopped by Ctrl-C / SIGTERM: it is not in the results, and the next `bench run` does it
+        print(f"zotune bench run: {exc}; the unfinished run is not recorded and runs again next time",
+              file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zotune.llm.metrics import f1_score, max_over_answers
-from zotune.llm.peft import base_causal_lm
+from zotune.llm.peft import base_causal_lm, model_forward
 from zotune.llm.tasks.base import Example
 
 __all__ = ["OBJECTIVES", "Scorer", "full_logits_scores", "group_overhead_for", "length_groups", "resolve_objective"]
@@ -326,7 +326,7 @@ class Scorer:
         """Final hidden states (B, L, H) of the padded sequences, without the vocabulary projection."""
         ids, mask = self._pad(seqs)
         with _capture_hidden(self.model) as capture:
-            self.model(input_ids=ids, attention_mask=mask, use_cache=False)
+            model_forward(self.model, ids, mask, use_cache=False)
         if capture.hidden is None:
             raise RuntimeError("the model's forward did not call its LM head")
         return capture.hidden
@@ -334,7 +334,7 @@ class Scorer:
     def model_logits(self, seqs: Sequence[list[int]]) -> torch.Tensor:
         """The model's own logits (B, L, V) of the padded sequences: its full forward, LM head included."""
         ids, mask = self._pad(seqs)
-        logits = getattr(self.model(input_ids=ids, attention_mask=mask, use_cache=False), "logits", None)
+        logits = getattr(model_forward(self.model, ids, mask, use_cache=False), "logits", None)
         if not isinstance(logits, torch.Tensor) or logits.shape[:2] != ids.shape:
             raise RuntimeError(f"{type(base_causal_lm(self.model)).__name__} did not return logits of shape "
                                f"(batch, length, vocabulary) for input of shape {tuple(ids.shape)}")

@@ -93,6 +93,39 @@ def _embedding_params(model: nn.Module) -> set[int]:
     return ids
 
 
+def _cache_argument(lm: nn.Module) -> str:
+    """The name under which ``lm``'s forward takes a key/value cache: ``cache`` in transformers 5.x, where
+    ``past_key_values`` is deprecated (removal announced for 5.40), ``past_key_values`` before."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(lm.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def model_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
+    """``model(input_ids=..., attention_mask=..., **kwargs)``, with a prefix-tuned peft model's prefix handed to
+    the base model under the cache argument it supports.
+
+    peft (0.17-0.21) prefix tuning passes the prefix as ``past_key_values=``, which transformers 5.24 warns
+    about on every forward and announces to remove in 5.40. This does what peft's
+    ``PeftModelForCausalLM.forward`` does for prefix tuning (a prefix cache from ``get_prompt`` sized for the
+    batch, ones prepended to the attention mask for the virtual tokens), passing the cache as ``cache=`` where the
+    base model takes it. Any other model is called as it is. ``tests/test_llm_peft.py`` proves the logits equal
+    to peft's own forward.
+    """
+    config = getattr(model, "active_peft_config", None)
+    if getattr(config, "peft_type", None) != "PREFIX_TUNING" or "position_ids" in kwargs:
+        return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    lm = base_causal_lm(model)
+    batch, virtual = input_ids.shape[0], config.num_virtual_tokens
+    prefix = model.get_prompt(batch, max_cache_len=input_ids.shape[1] + virtual)
+    mask = torch.cat([attention_mask.new_ones(batch, virtual), attention_mask], dim=1)
+    return lm(input_ids=input_ids, attention_mask=mask, **{_cache_argument(lm): prefix}, **kwargs)
+
+
 def _returned_cache(output: Mapping[str, Any]) -> Any:
     """The key/value cache a ``use_cache=True`` forward returned.
 
