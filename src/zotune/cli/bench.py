@@ -82,7 +82,6 @@ def _run_memory(args: argparse.Namespace) -> int:
 
 def _run_experiment(args: argparse.Namespace) -> int:
     from zotune.bench.experiments import load_experiment
-
     from zotune.train.runner import RunInterrupted
 
     experiments = [load_experiment(path) for path in args.experiments]  # all checked before any runs

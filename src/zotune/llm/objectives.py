@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zotune.llm.metrics import f1_score, max_over_answers
-from zotune.llm.peft import base_causal_lm, model_forward
+from zotune.llm.peft import base_causal_lm, is_prefix_tuned, model_forward
 from zotune.llm.tasks.base import Example
 
 __all__ = ["OBJECTIVES", "Scorer", "full_logits_scores", "group_overhead_for", "length_groups", "resolve_objective"]
@@ -474,7 +474,7 @@ class Scorer:
         base model's, as if the prefix had never been trained.
         """
         seqs = [self.encode(ex.prompt, "")[0][-max(1, self.max_length - max_new_tokens):] for ex in examples]
-        if _is_prefix_tuned(self.model):
+        if is_prefix_tuned(self.model):
             texts = self.tok.batch_decode(self.greedy_by_forward(seqs, max_new_tokens), skip_special_tokens=True)
             return [t.lstrip(" ").split("\n", 1)[0].strip() for t in texts]
         width = max(len(s) for s in seqs)
@@ -543,12 +543,6 @@ class Scorer:
         if objective == "lm":
             return self.lm_loss(examples)
         return self.nondiff_loss(examples, objective, max_new_tokens=max_new_tokens)
-
-
-def _is_prefix_tuned(model: nn.Module) -> bool:
-    """Whether ``model`` is a peft model whose active adapter is prefix tuning."""
-    config = getattr(model, "active_peft_config", None)
-    return getattr(config, "peft_type", None) == "PREFIX_TUNING"  # peft's PeftType is a str enum
 
 
 def _newline_stop(tokenizer, prompt_width: int):

@@ -7,6 +7,8 @@ attention block), so one code path serves OPT, Llama, Gemma, Qwen and GPT-2-styl
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -93,13 +95,22 @@ def _embedding_params(model: nn.Module) -> set[int]:
     return ids
 
 
+def is_prefix_tuned(model: nn.Module) -> bool:
+    """Whether ``model`` is a peft model whose active adapter is prefix tuning."""
+    config = getattr(model, "active_peft_config", None)
+    return getattr(config, "peft_type", None) == "PREFIX_TUNING"  # peft's PeftType is a str enum
+
+
 def _cache_argument(lm: nn.Module) -> str:
     """The name under which ``lm``'s forward takes a key/value cache: ``cache`` in transformers 5.x, where
     ``past_key_values`` is deprecated (removal announced for 5.40), ``past_key_values`` before."""
-    import inspect
+    return _cache_argument_of(type(lm))
 
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument_of(cls: type) -> str:  # once per model class, not on every forward
     try:
-        parameters = inspect.signature(lm.forward).parameters
+        parameters = inspect.signature(cls.forward).parameters
     except (TypeError, ValueError):
         return "past_key_values"
     return "cache" if "cache" in parameters else "past_key_values"
@@ -116,11 +127,10 @@ def model_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     base model takes it. Any other model is called as it is. ``tests/test_llm_peft.py`` proves the logits equal
     to peft's own forward.
     """
-    config = getattr(model, "active_peft_config", None)
-    if getattr(config, "peft_type", None) != "PREFIX_TUNING" or "position_ids" in kwargs:
+    if not is_prefix_tuned(model) or "position_ids" in kwargs:
         return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     lm = base_causal_lm(model)
-    batch, virtual = input_ids.shape[0], config.num_virtual_tokens
+    batch, virtual = input_ids.shape[0], model.active_peft_config.num_virtual_tokens
     prefix = model.get_prompt(batch, max_cache_len=input_ids.shape[1] + virtual)
     mask = torch.cat([attention_mask.new_ones(batch, virtual), attention_mask], dim=1)
     return lm(input_ids=input_ids, attention_mask=mask, **{_cache_argument(lm): prefix}, **kwargs)
