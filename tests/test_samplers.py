@@ -107,9 +107,11 @@ def test_seed_mix_is_deterministic_and_spread() -> None:
 
 @pytest.fixture
 def fresh_kernel_registry(monkeypatch):
-    """A sampler kernel registry of our own, so a faked compiled kernel never leaks into other tests."""
+    """A sampler kernel registry of our own, so a faked compiled kernel never leaks into other tests; the native
+    kernel off, so these tests see the torch kernels that a machine without it uses."""
     from zotune.core import samplers
 
+    monkeypatch.setattr(samplers.native, "available", lambda: False)
     monkeypatch.setattr(samplers, "_compiled_kernels", {})
     monkeypatch.setattr(samplers, "_traced_kernels", set())
     monkeypatch.setattr(samplers, "_compile_failed", set())

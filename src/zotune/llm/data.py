@@ -21,6 +21,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from zotune.cache import cache_dir
+
 __all__ = [
     "PackageAsset",
     "ASSETS",
@@ -31,14 +33,6 @@ __all__ = [
     "list_members",
     "atomic_write_bytes",
 ]
-
-
-def cache_dir() -> Path:
-    """Root of zotune's cache: ``$ZOTUNE_CACHE`` if set, else ``~/.cache/zotune``."""
-    root = os.environ.get("ZOTUNE_CACHE")
-    path = Path(root).expanduser() if root else Path.home() / ".cache" / "zotune"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @dataclass(frozen=True)
