@@ -134,6 +134,8 @@ def _load() -> ctypes.CDLL | None:
 
 def available() -> bool:
     """Whether the native kernel is built and loaded here (builds it on the first call)."""
+    if _library is not None:  # every sampler call asks: no lock once it is loaded
+        return True
     return _load() is not None
 
 
