@@ -164,7 +164,8 @@ def test_length_groups_change_no_score(arch):
     """Right padding under the attention mask: grouped forwards give the one padded batch's scores."""
     model, tok = tiny_model(arch), tiny_tokenizer()
     exs = examples("sst2", 8) + examples("copa", 3)  # single- and multi-token candidates, lengths spread
-    grouped, padded = Scorer(model, tok, group_overhead=0), Scorer(model, tok, group_overhead=None)
+    grouped = Scorer(model, tok, group_overhead=0, packing=False)
+    padded = Scorer(model, tok, group_overhead=None, packing=False)
     lengths = [len(grouped.encode(e.prompt, "")[0]) for e in exs]
     assert len(length_groups(lengths, 0)) > 2  # the batch really is split
     with torch.no_grad():

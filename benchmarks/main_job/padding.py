@@ -1,11 +1,14 @@
-"""What padding costs the main job's forward, and how much length groups save (one process, interleaved).
+"""What padding costs the main job's forward, and how much length groups and packed rows save (one process,
+interleaved).
 
     python benchmarks/main_job/padding.py > benchmarks/main_job/results/padding.<date>.json
+    python benchmarks/main_job/padding.py --overheads none 96 pack:64 pack:128 pack:256 pack:all
 
 The main job's model (SmolLM2-135M with its 5-token prefix) and task (``mr``, random batches of 16 from the
 training split, drawn by ``fresh_batch_indices``), ``scorer.loss`` timed with each ``group_overhead``: ``none`` pads
 the batch to its longest sequence in one forward (zotune before length groups); a number cuts the
-length-sorted batch where a group saves more padded tokens than that. Also prints the padded-token counts.
+length-sorted batch where a group saves more padded tokens than that; ``pack:N`` runs the batch packed
+(``zotune.llm.packing``) in rows of about N tokens (``all``: one row). Also prints the padded-token counts.
 """
 
 from __future__ import annotations
@@ -20,15 +23,23 @@ import torch
 from zotune.bench.step import machine
 from zotune.llm.models import load_model
 from zotune.llm.objectives import Scorer, length_groups
+from zotune.llm.packing import pack_rows
 from zotune.train.config import TrainConfig
 from zotune.train.loop import _Job, build_trainable_model, fresh_batch_indices
+
+
+def scorer_for(name: str, model, tokenizer, max_length: int) -> Scorer:
+    if name.startswith("pack:"):
+        width = name.split(":", 1)[1]
+        return Scorer(model, tokenizer, max_length, packing=True, row_tokens=10**6 if width == "all" else int(width))
+    return Scorer(model, tokenizer, max_length, group_overhead=None if name == "none" else int(name), packing=False)
 
 
 def main() -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--overheads", nargs="+", default=["none", "0", "32", "64", "128"])
+    parser.add_argument("--overheads", nargs="+", default=["none", "96", "pack:64", "pack:128", "pack:256", "pack:all"])
     args = parser.parse_args()
     cfg = TrainConfig.from_flat()
     torch.set_num_threads(cfg.run.threads or 2)
@@ -39,13 +50,16 @@ def main() -> dict:
     train = job.splits.train
     batches = [[train[i] for i in fresh_batch_indices(len(train), cfg.method.batch_size, seed=cfg.run.seed, step=step,
                                                         iteration=0)] for step in range(1, args.batches + 1)]
-    scorers = {name: Scorer(model, loaded.tokenizer, cfg.data.max_length,
-                            group_overhead=None if name == "none" else int(name)) for name in args.overheads}
+    scorers = {name: scorer_for(name, model, loaded.tokenizer, cfg.data.max_length) for name in args.overheads}
     lengths = [[len(scorers["none"].single_token_split(ex)[0]) for ex in batch] for batch in batches]
     tokens = {}
     for name in args.overheads:
         padded = 0
         for ls in lengths:
+            if name.startswith("pack:"):
+                rows = pack_rows(ls, scorers[name].row_tokens)
+                padded += len(rows) * max(sum(ls[i] for i in r) for r in rows)
+                continue
             groups = [list(range(len(ls)))] if name == "none" else length_groups(ls, int(name))
             padded += sum(len(g) * max(ls[i] for i in g) for g in groups)
         tokens[name] = padded

@@ -30,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 # the options evaluation uses; the rest of a run's config (method, steps, ...) does not change a score
 _EVAL_KEYS = {"model", "dtype", "peft", "task", "num_dev", "num_eval", "max_length", "max_new_tokens", "eval_batch_size",
-              "data", "test_data", "template", "label_words", "label_field", "answer_field", "data_dir", "seed",
+              "packing", "data", "test_data", "template", "label_words", "label_field", "answer_field", "data_dir", "seed",
               "threads", "device", "progress"}
 
 
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         if ckpt is not None:
             model = load_checkpoint(model, ckpt)
         model.eval()
-        scorer = Scorer(model, loaded.tokenizer, cfg.data.max_length)
+        scorer = Scorer(model, loaded.tokenizer, cfg.data.max_length, packing=cfg.data.packing)
         start = time.perf_counter()
         metrics = evaluate(scorer, task, examples, batch_size=cfg.data.eval_batch_size,
                            max_new_tokens=cfg.data.max_new_tokens, progress=cfg.run.progress and sys.stderr.isatty(),

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zotune.llm.metrics import f1_score, max_over_answers
+from zotune.llm.packing import ROW_TOKENS, build_packed, pack_rows, packed_forward, packing_unsupported, virtual_tokens
 from zotune.llm.peft import base_causal_lm, is_prefix_tuned, model_forward
 from zotune.llm.tasks.base import Example
 
@@ -232,11 +233,26 @@ class Scorer:
     """Tokenises examples for one model and computes candidate scores and losses."""
 
     def __init__(self, model: nn.Module, tokenizer, max_length: int = 256,
-                 group_overhead: int | str | None = "auto") -> None:
+                 group_overhead: int | str | None = "auto", packing: bool | str = "auto",
+                 row_tokens: int = ROW_TOKENS) -> None:
         """``group_overhead``: a forward's fixed cost in tokens (see :func:`length_groups`); "auto" scales it
-        to the model (:func:`group_overhead_for`); None pads each batch to its longest sequence in one forward."""
+        to the model (:func:`group_overhead_for`); None pads each batch to its longest sequence in one forward.
+
+        ``packing``: run the sequences end to end in rows of about ``row_tokens`` tokens, without padding
+        (:mod:`zotune.llm.packing`). "auto" packs where the model supports it (else length groups), True or
+        "on" requires it, False or "off" never packs."""
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {max_length}")
+        if packing not in ("auto", "on", "off", True, False):
+            raise ValueError(f"packing must be 'auto', 'on', 'off', True or False, got {packing!r}")
+        packing = {"on": True, "off": False}.get(packing, packing)  # type: ignore[arg-type]
+        if not isinstance(row_tokens, int) or row_tokens < 1:
+            raise ValueError(f"row_tokens must be an int >= 1, got {row_tokens!r}")
+        unsupported = packing_unsupported(model) if packing else None
+        if packing is True and unsupported is not None:
+            raise ValueError(f"packing is not available: {unsupported}")
+        self.packing = bool(packing) and unsupported is None
+        self.row_tokens = row_tokens
         if group_overhead == "auto":
             group_overhead = group_overhead_for(model)
         if group_overhead is not None and (not isinstance(group_overhead, int) or group_overhead < 0):
@@ -355,8 +371,23 @@ class Scorer:
 
     def hidden_at(self, seqs: Sequence[list[int]], positions: Sequence[Sequence[int]]) -> torch.Tensor:
         """Final hidden states at ``positions[i]`` of each sequence ``i``, stacked in order into (sum of the
-        counts, H)."""
+        counts, H): from packed rows where ``self.packing``, else from length groups."""
+        if self.packing:
+            return self._packed_hidden_at(seqs, positions)
         return self._at_positions(seqs, positions, self.hidden_states)
+
+    def _packed_hidden_at(self, seqs: Sequence[list[int]], positions: Sequence[Sequence[int]]) -> torch.Tensor:
+        rows = pack_rows([len(s) for s in seqs], self.row_tokens)
+        lm = base_causal_lm(self.model)
+        batch = build_packed(seqs, rows, self.pad_id, virtual_tokens(self.model), lm.dtype)
+        with _capture_hidden(self.model) as capture:
+            packed_forward(self.model, batch, self.device)
+        if capture.hidden is None:
+            raise RuntimeError("the model's forward did not call its LM head")
+        width = batch.input_ids.shape[1]
+        flat = [row * width + column + p for (row, column), ps in zip(batch.starts, positions) for p in ps]
+        hidden = capture.hidden
+        return hidden.reshape(-1, hidden.shape[-1])[torch.tensor(flat, dtype=torch.long, device=hidden.device)]
 
     def model_logits_at(self, seqs: Sequence[list[int]], positions: Sequence[Sequence[int]]) -> torch.Tensor:
         """The model's own float32 logits at ``positions[i]`` of each sequence ``i``, stacked in order into (sum of

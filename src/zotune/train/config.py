@@ -99,6 +99,9 @@ class DataConfig(_Section):
     objective: str = _opt("auto", "training loss", choices=("auto", "ce", "lm", "f1", "accuracy"))
     max_new_tokens: int = _opt(50, "generation length for QA tasks", type=int, minimum=1)
     eval_batch_size: int = _opt(32, "examples per evaluation batch", type=int, minimum=1)
+    packing: str = _opt("auto", "run a batch's sequences end to end without padding (auto: where the model's "
+                        "class supports it; off: length-grouped padded forwards, as runs before 2026-12-03)",
+                        choices=("auto", "on", "off"))
     data: str | None = _opt(None, "custom task: a JSONL or CSV file", path=True)
     test_data: str | None = _opt(None, "custom task: held-out file (default: a fixed 20%% of --data)", path=True)
     template: str | None = _opt(None, "custom task: prompt template over the row's fields, e.g. '{text} It was'")

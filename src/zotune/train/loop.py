@@ -241,7 +241,7 @@ class _Job:
 
     def zero_shot(self, model: torch.nn.Module, tokenizer: Any) -> dict[str, Any]:
         """Dev and test metrics of the untouched model, before an adapter (a prefix changes outputs) is added."""
-        base_scorer = Scorer(model, tokenizer, self.cfg.data.max_length)
+        base_scorer = Scorer(model, tokenizer, self.cfg.data.max_length, packing=self.cfg.data.packing)
         results = {}
         if self.splits.dev:
             results["dev"] = self.evaluate(base_scorer, self.splits.dev, "zero-shot dev")
@@ -300,7 +300,7 @@ class _Job:
             self._check_precision(params)
         if self.ranks.sync is not None:  # one broadcast makes the ranks start equal; the steps keep them so
             self.ranks.sync.broadcast_parameters(p for _, p in params)
-        scorer = Scorer(model, loaded.tokenizer, cfg.data.max_length)
+        scorer = Scorer(model, loaded.tokenizer, cfg.data.max_length, packing=cfg.data.packing)
         optimizer = build_run_optimizer(cfg, params, self._fresh_closure(scorer), sync=self.ranks.sync)
         # the run folder is created (or reopened) only now that everything is built
         folder, seed_log, runner_state, batches = self._open_run(model, optimizer)
