@@ -42,6 +42,7 @@ def test_run_folder_contents_and_checkpoint_reload(tiny_dir, tmp_path):
     for key in ("final", "wall_seconds", "peak_memory_mb", "best_step", "trainable_params", "seed_log_bytes"):
         assert key in saved
     assert "accuracy" in saved["final"]["test"] and saved["best_step"] > 0
+    assert saved["packed_forwards"] is True  # a tiny Llama: packed rows by default
     files = {p.name for p in (run / "checkpoint").iterdir()}
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files  # adapter only
     # the best checkpoint reloads onto a fresh base model and reproduces the final test metric

@@ -301,7 +301,8 @@ def run_one(cfg: ConvergenceConfig, key: RunKey, zero_shot: bool, workdir: Path)
         "wall_seconds": round(time.perf_counter() - started, 1), "train_seconds": round(summary.get("train_seconds", 0.0), 1),
         "cpu_seconds": round(summary.get("cpu_seconds", 0.0), 1), "threads": summary.get("threads"),
         "trainable_params": summary.get("trainable_params"), "steps": cfg.steps_for(key.method),
-        "peak_memory_mb": summary.get("peak_memory_mb"), "loss_curve": loss_curve(metrics, cfg.loss_points),
+        "peak_memory_mb": summary.get("peak_memory_mb"), "packed_forwards": summary.get("packed_forwards"),
+        "loss_curve": loss_curve(metrics, cfg.loss_points),
         "random_numbers_per_step": _mean_of(r.get("random_numbers") for r in metrics if "loss" in r),
         # where and when: wall times from machines with another CPU are not comparable
         **machine(), "torch": torch.__version__, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

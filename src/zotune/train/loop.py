@@ -301,6 +301,7 @@ class _Job:
         if self.ranks.sync is not None:  # one broadcast makes the ranks start equal; the steps keep them so
             self.ranks.sync.broadcast_parameters(p for _, p in params)
         scorer = Scorer(model, loaded.tokenizer, cfg.data.max_length, packing=cfg.data.packing)
+        summary["packed_forwards"] = scorer.packing  # which forward ran: packed rows or length groups
         optimizer = build_run_optimizer(cfg, params, self._fresh_closure(scorer), sync=self.ranks.sync)
         # the run folder is created (or reopened) only now that everything is built
         folder, seed_log, runner_state, batches = self._open_run(model, optimizer)
