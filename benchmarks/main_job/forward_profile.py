@@ -25,6 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 from zotune.bench.step import machine
 from zotune.llm.models import load_model
 from zotune.llm.objectives import Scorer, length_groups
+from zotune.llm.packing import pack_rows
 from zotune.train.config import TrainConfig
 from zotune.train.loop import _Job, build_trainable_model, fresh_batch_indices
 
@@ -59,8 +60,12 @@ def main() -> dict:
     scorer = Scorer(model, loaded.tokenizer, cfg.data.max_length)
     lengths = [[len(scorer.single_token_split(ex)[0]) for ex in batch] for batch in batches]
     real = sum(map(sum, lengths)) / len(batches)
-    padded = sum(sum(len(g) * max(ls[i] for i in g) for g in length_groups(ls, scorer.group_overhead))
-                 for ls in lengths) / len(batches)
+    if scorer.packing:  # packed rows (the default where the model supports it): rows x the widest row
+        packed = [(ls, pack_rows(ls, scorer.row_tokens)) for ls in lengths]
+        padded = sum(len(rows) * max(sum(ls[i] for i in row) for row in rows) for ls, rows in packed) / len(batches)
+    else:
+        padded = sum(sum(len(g) * max(ls[i] for i in g) for g in length_groups(ls, scorer.group_overhead))
+                     for ls in lengths) / len(batches)
     times = []
     with torch.no_grad():
         scorer.loss(batches[0], "ce")  # warm-up
@@ -75,8 +80,9 @@ def main() -> dict:
     total = sum(e.self_cpu_time_total for e in prof.key_averages())
     top = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
     loss_seconds = statistics.median(times)
-    rows = round(padded / 2)  # a group is about half the batch's padded tokens
+    rows = round(padded / 2)  # a group (or a packed row) is about half the batch's padded tokens
     return {"benchmark": "forward_profile", "threads": threads, "torch": torch.__version__, **machine(),
+            "packed_forwards": scorer.packing,
             "loss_seconds": round(loss_seconds, 4),
             "tokens": {"real": round(real, 1), "padded": round(padded, 1)},
             "achieved_gflops": round(2 * non_embedding * padded / loss_seconds / 1e9, 1),
