@@ -7,9 +7,9 @@ import warnings
 
 import pytest
 import torch
-
 from fixtures.tiny import tiny_model, tiny_tokenizer
 from test_llm_objectives import examples
+
 from zotune.llm.objectives import Scorer
 from zotune.llm.packing import build_packed, pack_rows, packing_unsupported
 from zotune.llm.peft import PeftSettings, apply_peft
@@ -117,6 +117,7 @@ def test_packed_mask_keeps_sequences_apart_and_shows_the_prefix():
 def test_packing_flag_errors_are_one_line_and_leave_no_run(tmp_path, capsys, tiny_dir):
     from fixtures.tiny import save_tiny
     from test_cli_inputs import CUSTOM, SMALL, one_line_error
+
     from zotune.cli import main
 
     out = tmp_path / "run"

@@ -123,8 +123,8 @@ def build_packed(seqs: Sequence[list[int]], rows: Sequence[Sequence[int]], pad_i
 def packed_forward(model: nn.Module, batch: PackedBatch, device: torch.device) -> None:
     """One forward of the packed rows (outputs are read through the caller's hidden-state capture)."""
     ids = batch.input_ids.to(device)
-    kwargs = dict(input_ids=ids, attention_mask=batch.attention_mask.to(device),
-                  position_ids=batch.position_ids.to(device), use_cache=False)
+    kwargs = {"input_ids": ids, "attention_mask": batch.attention_mask.to(device),
+              "position_ids": batch.position_ids.to(device), "use_cache": False}
     if is_prefix_tuned(model):
         # what peft's PeftModelForCausalLM.forward does for prefix tuning: its cache sized for the rows
         lm = base_causal_lm(model)
