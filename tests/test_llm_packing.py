@@ -8,14 +8,20 @@ import warnings
 import pytest
 import torch
 from fixtures.tiny import tiny_model, tiny_tokenizer
-from test_llm_objectives import examples
+from test_llm_objectives import examples, tiny_causal_lm
 
 from zotune.llm.objectives import Scorer
-from zotune.llm.packing import build_packed, pack_rows, packing_unsupported
+from zotune.llm.packing import PACKABLE, build_packed, pack_rows, packing_unsupported
 from zotune.llm.peft import PeftSettings, apply_peft
 from zotune.llm.tasks import Example
 
-PACKED_ARCHS = ("llama", "qwen2")  # the tiny-model architectures on zotune.llm.packing.PACKABLE
+
+def packable_model(class_name: str) -> torch.nn.Module:
+    """A 2-layer model of each class on ``PACKABLE``; Mistral without its sliding window (its v0.2+ configs)."""
+    model = tiny_causal_lm(class_name, initializer_range=0.02)
+    if class_name == "MistralForCausalLM":
+        model.config.sliding_window = None
+    return model
 
 
 def batch_of_spread_lengths() -> list:
@@ -35,9 +41,10 @@ def trained(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("mode", ["full", "lora", "prefix"])
-@pytest.mark.parametrize("arch", PACKED_ARCHS)
-def test_packed_rows_equal_the_padded_batch(arch, mode):
-    model = tiny_model(arch)
+@pytest.mark.parametrize("class_name", sorted(PACKABLE))
+def test_packed_rows_equal_the_padded_batch(class_name, mode):
+    model = packable_model(class_name)
+    assert packing_unsupported(model) is None
     if mode != "full":
         model = trained(apply_peft(model, mode, PeftSettings(num_virtual_tokens=3), seed=7))
     tok = tiny_tokenizer()
@@ -79,6 +86,8 @@ def test_auto_packs_only_where_proved():
         assert not Scorer(model, tok).packing
         with pytest.raises(ValueError, match="packing is not available"):
             Scorer(model, tok, packing=True)
+    windowed = tiny_causal_lm("MistralForCausalLM", sliding_window=8)
+    assert "sliding-window" in packing_unsupported(windowed)
     flash = tiny_model("llama")
     flash.config._attn_implementation = "flash_attention_2"
     assert "4D mask" in packing_unsupported(flash)

@@ -26,11 +26,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zotune.llm.peft import _cache_argument, base_causal_lm, is_prefix_tuned
+from zotune.llm.peft import base_causal_lm, is_prefix_tuned, prefix_forward
 
 # Rotary decoders whose forward takes ``position_ids`` and a prepared 4D mask unchanged (transformers'
 # ``create_causal_mask`` returns a 4D mask as it is, 4.56 to 5.24). Absolute-position models (GPT-2, OPT)
-# and models with sliding-window or hybrid layers are left out; each entry is tested on a tiny model.
+# and models with sliding-window or hybrid layers are left out (Mistral packs only with ``sliding_window``
+# None, as its v0.2+ configs have it); each entry is tested on a tiny model in tests/test_llm_packing.py.
 PACKABLE = frozenset({"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"})
 
 # Tokens per packed row. Attention inside a row costs row_tokens^2 while padding only falls at a row's end:
@@ -126,11 +127,7 @@ def packed_forward(model: nn.Module, batch: PackedBatch, device: torch.device) -
     kwargs = {"input_ids": ids, "attention_mask": batch.attention_mask.to(device),
               "position_ids": batch.position_ids.to(device), "use_cache": False}
     if is_prefix_tuned(model):
-        # what peft's PeftModelForCausalLM.forward does for prefix tuning: its cache sized for the rows
-        lm = base_causal_lm(model)
-        virtual = model.active_peft_config.num_virtual_tokens
-        prefix = model.get_prompt(ids.shape[0], max_cache_len=ids.shape[1] + virtual)
-        lm(**kwargs, **{_cache_argument(lm): prefix})
+        prefix_forward(model, **kwargs)  # the prefix's cache sized for the rows; the mask already covers it
     else:
         model(**kwargs)
 

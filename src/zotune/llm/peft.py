@@ -129,11 +129,19 @@ def model_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     """
     if not is_prefix_tuned(model) or "position_ids" in kwargs:
         return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    lm = base_causal_lm(model)
     batch, virtual = input_ids.shape[0], model.active_peft_config.num_virtual_tokens
-    prefix = model.get_prompt(batch, max_cache_len=input_ids.shape[1] + virtual)
     mask = torch.cat([attention_mask.new_ones(batch, virtual), attention_mask], dim=1)
-    return lm(input_ids=input_ids, attention_mask=mask, **{_cache_argument(lm): prefix}, **kwargs)
+    return prefix_forward(model, input_ids, attention_mask=mask, **kwargs)
+
+
+def prefix_forward(model: nn.Module, input_ids: torch.Tensor, **kwargs: Any) -> Any:
+    """The base model of a prefix-tuned peft ``model`` called on ``input_ids`` with the prefix's cache, sized for
+    the batch as peft's ``get_prompt`` builds it, under the cache argument the base model takes. ``kwargs`` (the
+    attention mask among them) must already count the virtual tokens."""
+    lm = base_causal_lm(model)
+    virtual = model.active_peft_config.num_virtual_tokens
+    prefix = model.get_prompt(input_ids.shape[0], max_cache_len=input_ids.shape[1] + virtual)
+    return lm(input_ids=input_ids, **{_cache_argument(lm): prefix}, **kwargs)
 
 
 def _returned_cache(output: Mapping[str, Any]) -> Any:
