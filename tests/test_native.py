@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import subprocess
 import warnings
 
@@ -106,9 +107,11 @@ def test_the_library_is_built_once_into_the_cache_and_never_half_written(tmp_pat
     monkeypatch.setenv("ZOTUNE_CACHE", str(tmp_path))
     library = native._build()
     built = sorted((tmp_path / "native").iterdir())
-    assert len(built) == 1 and built[0].suffix == ".so"  # no partial file left behind
+    # one library per flag variant tried (one with gcc; a clang whose OpenMP build links but can't load tries
+    # more), and no partial file left behind
+    assert built and all(path.suffix == ".so" for path in built)
     assert library.zotune_native_abi() == native.ABI
-    stamp = built[0].stat().st_mtime_ns
+    stamps = [path.stat().st_mtime_ns for path in built]
     compiles: list[list[str]] = []
     real_run = subprocess.run
 
@@ -119,7 +122,8 @@ def test_the_library_is_built_once_into_the_cache_and_never_half_written(tmp_pat
 
     monkeypatch.setattr(native.subprocess, "run", watching)
     native._build()
-    assert compiles == [] and built[0].stat().st_mtime_ns == stamp
+    assert compiles == [] and sorted((tmp_path / "native").iterdir()) == built
+    assert [path.stat().st_mtime_ns for path in built] == stamps
 
 
 def test_without_a_compiler_the_reason_is_given_and_the_sampler_keeps_its_numbers(tmp_path, monkeypatch) -> None:
@@ -171,3 +175,22 @@ def test_key_words_are_taken_modulo_two_to_the_32() -> None:
     native.add_(y, "uniform", 20, (k0 & 0xFFFFFFFF, k1 & 0xFFFFFFFF), 1.0, 1.0)
     assert torch.equal(x, y)
     assert torch.equal(x, make_sampler("uniform", backend="eager").sample(64, direction))
+
+
+def test_a_build_that_links_but_cannot_load_falls_back_to_the_next_flags(tmp_path, monkeypatch) -> None:
+    """zig cc (clang 22) links an -fopenmp build without the OpenMP runtime, so loading it fails on an undefined
+    __kmpc symbol: the build must go on to the variant without OpenMP, not give the kernel up."""
+    monkeypatch.setenv("ZOTUNE_CACHE", str(tmp_path))
+    real_load = ctypes.CDLL
+    tried: list[str] = []
+
+    def first_fails(name, *args, **kwargs):  # type: ignore[no-untyped-def]
+        tried.append(str(name))
+        if len(tried) == 1:
+            raise OSError(f"{name}: undefined symbol: __kmpc_global_thread_num")
+        return real_load(name, *args, **kwargs)
+
+    monkeypatch.setattr(native.ctypes, "CDLL", first_fails)
+    library = native._build()
+    assert len(tried) == 2 and tried[0] != tried[1]
+    assert library.zotune_native_abi() == native.ABI

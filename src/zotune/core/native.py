@@ -114,7 +114,13 @@ def _build() -> ctypes.CDLL:
                 os.replace(partial, path)
             finally:
                 partial.unlink(missing_ok=True)
-        library = ctypes.CDLL(str(path))
+        try:
+            library = ctypes.CDLL(str(path))
+        except OSError as error:
+            # a build can link yet not load: a clang whose -fopenmp leaves the OpenMP runtime's symbols undefined
+            # (zig cc, found so); the next variant, without OpenMP, may load
+            errors.append(f"{' '.join(variant) or 'plain'}: {error}")
+            continue
         if library.zotune_native_abi() != ABI:
             raise OSError(f"{path} has ABI {library.zotune_native_abi()}, expected {ABI}")
         return library

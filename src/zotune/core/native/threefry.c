@@ -17,6 +17,9 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#if defined(__AVX__)
+#include <immintrin.h> /* _mm256_sqrt_ps: GCC and Clang both have it (GCC's __builtin_ia32_sqrtps256 is GCC's only) */
+#endif
 
 #define LANES 32 /* 16 lanes were slower on Zen 2 (an ad-hoc trial while building this file) */
 typedef uint32_t u32v __attribute__((vector_size(LANES * 4)));
@@ -61,7 +64,7 @@ INLINE void threefry(u32v *x0, u32v *x1, uint32_t k0, uint32_t k1, const int rou
     *x1 = b;
 }
 
-INLINE f32v select(i32v mask, f32v yes, f32v no) {
+INLINE f32v choose(i32v mask, f32v yes, f32v no) {
     return (f32v)(((i32v)yes & mask) | ((i32v)no & ~mask));
 }
 
@@ -69,7 +72,7 @@ INLINE f32v to_float(i32v x) { return __builtin_convertvector(x, f32v); }
 
 INLINE f32x8 sqrt8(f32x8 x) {
 #if defined(__AVX__)
-    return __builtin_ia32_sqrtps256(x);
+    return (f32x8)_mm256_sqrt_ps((__m256)x);
 #else
     for (int i = 0; i < 8; i++) x[i] = __builtin_sqrtf(x[i]);
     return x;
@@ -91,7 +94,7 @@ INLINE f32v minus_two_log_uniform(i32v w0) {
     /* f > sqrt 2 (as float32), as a -1 / 0 mask from the bits: both are floats in [1, 2), which order as their
      * bits do, and a vector comparison of 32 lanes was lowered lane by lane by GCC 12 */
     i32v high = (0x3FB504F3 - bits_f) >> 31;
-    f = select(high, f * 0.5f, f);
+    f = choose(high, f * 0.5f, f);
     exponent = exponent - high;  /* a true comparison is -1 */
     f32v s = (f - 1.0f) / (f + 1.0f);
     f32v s2 = s * s;
@@ -114,8 +117,8 @@ INLINE void cos_sin_turn(i32v w1, f32v *cos_t, f32v *sin_t) {
     i32v odd = -(quadrant & 1);  /* -1 / 0 */
     f32v cos_sign = 1.0f - to_float((quadrant + 1) & 2);
     f32v sin_sign = 1.0f - to_float(quadrant & 2);
-    *cos_t = select(odd, sin_x, cos_x) * cos_sign;
-    *sin_t = select(odd, cos_x, sin_x) * sin_sign;
+    *cos_t = choose(odd, sin_x, cos_x) * cos_sign;
+    *sin_t = choose(odd, cos_x, sin_x) * sin_sign;
 }
 
 /* the two numbers of LANES draws with counters (lo + t + lane, hi) */
