@@ -35,16 +35,16 @@ from zotune.core.optimizer import StepContext
 from zotune.core.samplers import Direction
 from zotune.reference import mezo_global_rng_draw, reference_mezo_step
 
-SMOLLM2_SHAPE = dict(
-    vocab_size=49152,
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    tie_word_embeddings=True,
-    max_position_embeddings=2048,
-)
+SMOLLM2_SHAPE = {
+    "vocab_size": 49152,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 2048,
+}
 
 
 def build_model(layers: int | None = None) -> torch.nn.Module:
@@ -91,7 +91,11 @@ def machine() -> dict[str, str]:
     from zotune.core import native
 
     # the Threefry samplers' CPU passes run 2-4x faster through the native kernel where it builds
-    described["native_kernel"] = "yes" if native.available() else f"no ({native.unavailable_reason()})"
+    if native.available():
+        described["native_kernel"] = "yes" if native.threaded() else "yes, one thread (built without OpenMP)"
+        described["native_build"] = native.built_with()
+    else:
+        described["native_kernel"] = f"no ({native.unavailable_reason()})"
     return described
 
 

@@ -31,11 +31,11 @@ import torch
 
 from zotune.cache import cache_dir
 
-__all__ = ["ABI", "DTYPES", "KINDS", "SOURCE", "add_", "available", "disable", "library_path", "supports",
-           "unavailable_reason"]
+__all__ = ["ABI", "DTYPES", "KINDS", "SOURCE", "add_", "available", "built_with", "disable", "library_path",
+           "supports", "threaded", "unavailable_reason"]
 
 SOURCE = Path(__file__).with_name("native") / "threefry.c"
-ABI = 1  # zotune_native_abi() of the source this module calls
+ABI = 2  # zotune_native_abi() of the source this module calls
 DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}
 KINDS = ("gaussian", "uniform", "rademacher")
 # -ffp-contract=off: no fused multiply-adds, which would change last bits; -fno-math-errno lets sqrt vectorise.
@@ -46,6 +46,7 @@ _FLAG_VARIANTS = (["-march=native", "-fopenmp"], ["-mcpu=native", "-fopenmp"], [
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _reason: str | None = None  # why the kernel is unavailable, once known
+_built_with: str | None = None  # the compiler, its version and the flags of the loaded build
 _functions: dict[tuple[str, int, torch.dtype], ctypes._CFuncPtr] = {}
 
 
@@ -123,6 +124,9 @@ def _build() -> ctypes.CDLL:
             continue
         if library.zotune_native_abi() != ABI:
             raise OSError(f"{path} has ABI {library.zotune_native_abi()}, expected {ABI}")
+        global _built_with
+        version = _version(compiler).strip().splitlines()
+        _built_with = f"{compiler} ({version[0] if version else 'version unknown'}) {' '.join(variant)}".strip()
         return library
     raise OSError(f"{compiler} could not build {SOURCE.name}: {'; '.join(errors)}")
 
@@ -143,6 +147,18 @@ def available() -> bool:
     if _library is not None:  # every sampler call asks: no lock once it is loaded
         return True
     return _load() is not None
+
+
+def threaded() -> bool:
+    """Whether the loaded kernel was built with OpenMP, i.e. runs a pass on ``torch.get_num_threads()`` threads
+    (False also when it is unavailable). A build without it runs every pass on one thread."""
+    return available() and bool(_library is not None and _library.zotune_native_openmp())
+
+
+def built_with() -> str | None:
+    """The compiler (its path and version line) and the flag variant of the last build loaded, for benchmark
+    records; None before a build."""
+    return _built_with
 
 
 def unavailable_reason() -> str | None:

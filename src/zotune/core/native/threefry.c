@@ -228,4 +228,14 @@ KERNELS(20)
 KERNELS(13)
 
 /* the version of this file's stream and calling convention, checked by zotune/core/native.py */
-int zotune_native_abi(void) { return 1; }
+int zotune_native_abi(void) { return 2; }
+
+/* whether the passes run on several threads: a compiler without OpenMP (Apple's clang; zig cc, whose -fopenmp
+ * build cannot load) builds the one-thread kernel, and zotune says so in its benchmarks' machine line */
+int zotune_native_openmp(void) {
+#if defined(_OPENMP)
+    return 1;
+#else
+    return 0;
+#endif
+}
