@@ -11,7 +11,7 @@ from fixtures.tiny import tiny_model, tiny_tokenizer
 from test_llm_objectives import examples, tiny_causal_lm
 
 from zotune.llm.objectives import Scorer
-from zotune.llm.packing import PACKABLE, build_packed, pack_rows, packing_unsupported
+from zotune.llm.packing import PACKABLE, build_packed, pack_rows, packing_unsupported, packing_unsupported_by_config
 from zotune.llm.peft import PeftSettings, apply_peft
 from zotune.llm.tasks import Example
 
@@ -80,14 +80,17 @@ def test_packing_changes_no_prediction_of_a_bigger_random_batch():
 def test_auto_packs_only_where_proved():
     tok = tiny_tokenizer()
     assert Scorer(tiny_model("llama"), tok).packing  # auto: on
+    assert packing_unsupported_by_config(tiny_model("llama").config) is None  # the check before the weights load
     for arch in ("opt", "gpt2", "gemma3"):  # absolute positions, or sliding-window layers
         model = tiny_model(arch)
         assert packing_unsupported(model) is not None
+        assert packing_unsupported_by_config(model.config) is not None
         assert not Scorer(model, tok).packing
         with pytest.raises(ValueError, match="packing is not available"):
             Scorer(model, tok, packing=True)
     windowed = tiny_causal_lm("MistralForCausalLM", sliding_window=8)
     assert "sliding-window" in packing_unsupported(windowed)
+    assert "sliding-window" in packing_unsupported_by_config(windowed.config)
     flash = tiny_model("llama")
     flash.config._attn_implementation = "flash_attention_2"
     assert "4D mask" in packing_unsupported(flash)
@@ -135,5 +138,5 @@ def test_packing_flag_errors_are_one_line_and_leave_no_run(tmp_path, capsys, tin
     gpt2 = save_tiny(tmp_path / "gpt2", "gpt2")  # absolute positions: packing is refused, not approximated
     capsys.readouterr()  # the writer's progress bar
     assert main(["train", "--model", str(gpt2), *CUSTOM, *SMALL, "--out", str(out), "--packing", "on"]) == 2
-    one_line_error(capsys, "packing is not available: GPT2LMHeadModel", after_model_load=True)
+    one_line_error(capsys, "packing is not available: GPT2LMHeadModel")  # from its config: no weights loaded
     assert not out.exists()

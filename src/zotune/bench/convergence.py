@@ -7,7 +7,12 @@ Protocol (one experiment file = one task):
    checkpoint, the one the run reports on test) over the grid seeds; ties go to the higher mean final dev
    metric, then to the smaller learning rate. A diverged run counts as -inf. With ``extend_grid = k``, an
    edge of the grid that wins adds the next point beyond it (the grid's own ratio away), up to k points, so
-   the kept rate is bracketed (:func:`lr_grid`).
+   the kept rate is bracketed (:func:`lr_grid`). With ``grid_stop_loss_ratio = r``, a grid run whose training
+   loss meets the divergence rule at ratio r (:func:`zotune.train.runner.loss_divergence`: the mean of the
+   latest tenth of its 100 loss windows above r times the first window) is stopped there and counts as
+   diverged; a finished run whose loss curve meets the rule counts as diverged too, so runs made before the
+   rule was set are scored alike. Such an lr cannot be the one kept, and stopping it early saves most of
+   its run.
 2. **Final.** Every method runs at its kept learning rate on every seed of ``seeds``. Runs of the grid with
    the same (method, lr, seed) are the same run and are not repeated.
 
@@ -48,9 +53,25 @@ from zotune.bench.experiments import Experiment, append_result, read_results
 CLAIMS = ("faster", "more accurate", "no accuracy loss")
 NO_LOSS_MARGIN = 0.02  # "no accuracy loss" holds when the test difference's 95% interval stays above -2 points
 
-__all__ = ["ConvergenceConfig", "RunKey", "planned_runs", "choose_lr", "lr_grid", "run_study", "summarize", "mean_curve",
-           "forward_passes_per_step", "zotune_method", "loss_curve", "final_loss", "ci95", "difference_ci95", "verdict",
-           "CLAIMS"]
+__all__ = [
+    "CLAIMS",
+    "ConvergenceConfig",
+    "RunKey",
+    "choose_lr",
+    "ci95",
+    "difference_ci95",
+    "final_loss",
+    "forward_passes_per_step",
+    "loss_curve",
+    "loss_diverged",
+    "lr_grid",
+    "mean_curve",
+    "planned_runs",
+    "run_study",
+    "summarize",
+    "verdict",
+    "zotune_method",
+]
 
 
 @dataclass
@@ -81,6 +102,8 @@ class ConvergenceConfig:
     # how many learning rates may be added to a method's grid beyond an edge that won (0: the grid as written)
     extend_grid: int = 0
     loss_points: int = 100  # the training loss is kept as this many window means per run
+    # stop grid runs whose training loss diverges (see the module docstring; None: every run runs to its end)
+    grid_stop_loss_ratio: float | None = None
     # the claims the study tests: {method, claim ("faster", "more accurate" or "no accuracy loss"), source}
     claims: list[dict[str, str]] = field(default_factory=list)
 
@@ -113,6 +136,10 @@ class ConvergenceConfig:
             raise ValueError(f"budget must be 'steps' or 'forward_passes', got {self.budget!r}")
         if self.extend_grid < 0 or self.loss_points < 1:
             raise ValueError("extend_grid must be >= 0 and loss_points >= 1")
+        from zotune.train.runner import LOSS_WINDOWS  # imported here: this module loads without torch
+
+        if self.grid_stop_loss_ratio is not None and (self.grid_stop_loss_ratio < 1 or self.loss_points != LOSS_WINDOWS):
+            raise ValueError(f"grid_stop_loss_ratio must be >= 1 and needs loss_points = {LOSS_WINDOWS} (the rule's windows)")
         for claim in self.claims:
             if claim.get("method") not in self.methods or claim.get("claim") not in CLAIMS:
                 raise ValueError(f"a claim needs a method of the study and a claim among {', '.join(CLAIMS)}: {claim}")
@@ -216,15 +243,25 @@ def _grid_scores(cfg: ConvergenceConfig, done: dict[RunKey, dict[str, Any]], met
         runs = [done.get(RunKey(method, lr, s)) for s in cfg.grid_seeds]
         if any(r is None for r in runs):
             return None
-        per_seed = [_score(r) for r in runs]
+        per_seed = [_score(r, cfg) for r in runs]
         mean_best = statistics.fmean(s[0] for s in per_seed) if all(math.isfinite(s[0]) for s in per_seed) else -math.inf
         mean_final = statistics.fmean(s[1] for s in per_seed) if all(math.isfinite(s[1]) for s in per_seed) else -math.inf
         scores.append(((mean_best, mean_final, -lr), lr))
     return scores
 
 
-def _score(record: dict[str, Any] | None) -> tuple[float, float]:
-    if record is None or record.get("status") != "completed":
+def loss_diverged(cfg: ConvergenceConfig, record: dict[str, Any]) -> bool:
+    """Whether a finished run's loss curve meets the grid's divergence rule (``grid_stop_loss_ratio``): a run
+    made before the rule was set, or a final run (never stopped), that the rule would have stopped."""
+    from zotune.train.runner import loss_divergence
+
+    if cfg.grid_stop_loss_ratio is None:
+        return False
+    return loss_divergence([p["loss"] for p in record.get("loss_curve") or []], cfg.grid_stop_loss_ratio) is not None
+
+
+def _score(record: dict[str, Any] | None, cfg: ConvergenceConfig) -> tuple[float, float]:
+    if record is None or record.get("status") != "completed" or loss_diverged(cfg, record):
         return (-math.inf, -math.inf)
     return (record["best_dev"], record["curve"][-1]["dev"])
 
@@ -266,12 +303,15 @@ def planned_runs(cfg: ConvergenceConfig, records: list[dict[str, Any]], part: st
 def _train_config(cfg: ConvergenceConfig, key: RunKey, out: Path, zero_shot: bool) -> Any:
     from zotune.train.config import TrainConfig
 
+    options = dict(cfg.train_options)
+    if cfg.grid_stop_loss_ratio is not None and key.seed in cfg.grid_seeds:
+        options["stop_loss_ratio"] = cfg.grid_stop_loss_ratio
     return TrainConfig.from_flat(
         model=cfg.model, task=cfg.task, method=zotune_method(key.method), peft=cfg.peft, steps=cfg.steps_for(key.method), lr=key.lr,
         eps=cfg.eps, batch_size=cfg.batch_size, eval_every=cfg.eval_every_for(key.method), seed=key.seed, out=str(out), num_train=cfg.num_train,
         num_dev=cfg.num_dev, num_eval=cfg.num_eval, max_length=cfg.max_length, threads=cfg.threads,
         method_options=dict(cfg.method_options.get(key.method, {})), zero_shot=zero_shot, progress=False,
-        overwrite=True, **cfg.train_options,
+        overwrite=True, **options,
     )
 
 
@@ -317,10 +357,12 @@ def run_one(cfg: ConvergenceConfig, key: RunKey, zero_shot: bool, workdir: Path)
 def loss_curve(metrics: list[dict[str, Any]], points: int) -> list[dict[str, Any]]:
     """The training loss of every step (the mean of its probe losses), as ``points`` window means: each point
     has the window's last step and forward passes; non-finite losses are left out of their window."""
+    from zotune.train.runner import loss_window_size
+
     steps = [r for r in metrics if "loss" in r and "step" in r and r["step"] > 0]
     if not steps:
         return []
-    size = max(1, math.ceil(len(steps) / points))
+    size = loss_window_size(len(steps), points)
     out = []
     for at in range(0, len(steps), size):
         window = steps[at: at + size]

@@ -95,7 +95,7 @@ def verdict_table(summary: dict[str, Any]) -> str:
 
 
 def convergence_tables(summary: dict[str, Any], cfg: Any, records: list[dict[str, Any]]) -> str:
-    from zotune.bench.convergence import RunKey
+    from zotune.bench.convergence import RunKey, loss_diverged
 
     target = summary["target_dev"]
     target_loss = summary.get("target_loss")
@@ -152,6 +152,8 @@ def convergence_tables(summary: dict[str, Any], cfg: Any, records: list[dict[str
                 continue
             values = [r["best_dev"] for r in runs if r["status"] == "completed"]
             mark = "*" if summary["methods"][method]["lr"] == float(lr) else ""
+            if any(r["status"] == "completed" and loss_diverged(cfg, r) for r in runs):
+                mark += " (loss diverged)"  # ran to its end before the rule was set: scored as diverged
             cells.append(f"{lr:g}: " + (f"{sum(values) / len(values):.3f}{mark}" if len(values) == len(runs) else "diverged"))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

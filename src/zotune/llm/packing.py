@@ -40,6 +40,31 @@ PACKABLE = frozenset({"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"
 ROW_TOKENS = 128
 
 
+def _class_unsupported(name: str) -> str:
+    return f"{name} is not one of the classes packing is proved for ({', '.join(sorted(PACKABLE))})"
+
+
+def _layers_unsupported(config: object) -> str | None:
+    layer_types = getattr(config, "layer_types", None) or ()
+    if any(t != "full_attention" for t in layer_types) or (
+            getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)):
+        return "the model has sliding-window attention layers"
+    return None
+
+
+def packing_unsupported_by_config(config: object) -> str | None:
+    """The part of :func:`packing_unsupported` that a model's config decides before any weight loads: the
+    causal-LM class transformers builds for its ``model_type``, and sliding-window layers. None does not
+    promise packing: the loaded model is checked again (its attention implementation, its adapter)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = getattr(config, "model_type", None)
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type) if model_type else None
+    if name not in PACKABLE:
+        return _class_unsupported(name or f"model type {model_type!r}")
+    return _layers_unsupported(config)
+
+
 def packing_unsupported(model: nn.Module) -> str | None:
     """None when ``model``'s forward can run packed rows, else why not (one line)."""
     import transformers
@@ -47,15 +72,14 @@ def packing_unsupported(model: nn.Module) -> str | None:
     lm = base_causal_lm(model)
     kind = type(lm)
     if kind.__name__ not in PACKABLE or getattr(transformers, kind.__name__, None) is not kind:
-        return f"{kind.__name__} is not one of the classes packing is proved for ({', '.join(sorted(PACKABLE))})"
+        return _class_unsupported(kind.__name__)
     config = lm.config
     attention = getattr(config, "_attn_implementation", None)
     if attention not in ("sdpa", "eager"):
         return f"attention implementation {attention!r} does not take a 4D mask (sdpa or eager do)"
-    layer_types = getattr(config, "layer_types", None) or ()
-    if any(t != "full_attention" for t in layer_types) or (
-            getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)):
-        return "the model has sliding-window attention layers"
+    layers = _layers_unsupported(config)
+    if layers is not None:
+        return layers
     peft_config = getattr(model, "active_peft_config", None)
     if peft_config is not None and getattr(peft_config, "is_prompt_learning", False) and not is_prefix_tuned(model):
         return f"peft {peft_config.peft_type} adds input tokens, which packed rows do not place"

@@ -161,6 +161,9 @@ class RunConfig(_Section):
     out: str | None = _opt(None, "run folder (default: runs/<task>-<model>-<peft>-<time>)", path=True)
     overwrite: bool = _opt(False, "replace --out if it holds a zotune run (any other folder is refused)", type=bool)
     max_nonfinite: int = _opt(5, "stop after this many non-finite losses in a row", type=int, minimum=1)
+    stop_loss_ratio: float | None = _opt(None, "stop as diverged when the mean training loss over the latest tenth "
+                                               "of the run is above this many times that of its first hundredth "
+                                               "(checked every hundredth; default: never)", type=float, minimum=1.0)
     zero_shot: bool = _opt(True, "evaluate the untrained model on dev and test first (it competes for best)",
                            type=bool)
     progress: bool = _opt(True, "show progress bars", type=bool)

@@ -25,8 +25,9 @@ import torch
 from zotune.core.distributed import LossSync, Weighted
 from zotune.core.seeds import STREAM_AUX, mix
 from zotune.llm.evaluate import evaluate
-from zotune.llm.models import LoadedModel, load_model
+from zotune.llm.models import LoadedModel, load_model, load_model_config
 from zotune.llm.objectives import Scorer, resolve_objective
+from zotune.llm.packing import packing_unsupported_by_config
 from zotune.llm.peft import PeftSettings, apply_peft, trainable_parameters
 from zotune.llm.tasks import CustomTaskSpec, Splits, Task, get_task, make_custom_task, sample_splits
 from zotune.train.checkpoint import CHECKPOINT_DIR, latest_resume, load_resume, restore_best, save_checkpoint
@@ -226,6 +227,10 @@ class _Job:
             check_method(cfg)
         if run_cfg.tensorboard:
             check_tensorboard()
+        if cfg.data.packing == "on":  # a model that cannot pack is refused from its config, before it loads
+            reason = packing_unsupported_by_config(load_model_config(cfg.model.name))
+            if reason is not None:
+                raise ValueError(f"packing is not available: {reason}")
         self.device = self.ranks.device(_device(run_cfg.device))
         self.splits = prepare_data(cfg, self.task)
         if not self.splits.train and run_cfg.steps > 0:
@@ -322,7 +327,8 @@ class _Job:
                         seed_log=seed_log, steps=run_cfg.steps, metric=metric, evaluate=dev_eval, save_best=save_best,
                         eval_every=run_cfg.eval_every, checkpoint_every=run_cfg.checkpoint_every,
                         max_nonfinite=run_cfg.max_nonfinite, progress=run_cfg.progress, state=runner_state,
-                        agree=self.ranks.any if self.ranks.distributed else None)
+                        agree=self.ranks.any if self.ranks.distributed else None,
+                        stop_loss_ratio=run_cfg.stop_loss_ratio)
         zero_dev = summary.get("zero_shot", {}).get("dev")
         if self.resume_folder is None and zero_dev:  # the zero-shot model: step 0 of the dev curve, a candidate
             folder.log({"step": 0, "forward_passes": 0, "wall_time": time.perf_counter() - t0,

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import math
 import signal
+import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,11 +35,50 @@ from zotune.train.checkpoint import save_resume
 from zotune.train.run_folder import RunFolder
 from zotune.train.seedlog import SeedLog
 
-__all__ = ["BatchSampler", "Runner", "RunnerState", "TrainingDiverged", "RunInterrupted", "stop_on_signals"]
+__all__ = [
+    "LOSS_SPAN",
+    "LOSS_WINDOWS",
+    "BatchSampler",
+    "RunInterrupted",
+    "Runner",
+    "RunnerState",
+    "TrainingDiverged",
+    "loss_divergence",
+    "loss_window_size",
+    "stop_on_signals",
+]
+
+# The training loss of a run is watched as LOSS_WINDOWS window means (the convergence study reports it so too);
+# the divergence rule compares the latest LOSS_SPAN windows (a tenth of the run) with the first one.
+LOSS_WINDOWS = 100
+LOSS_SPAN = 10
 
 
 class TrainingDiverged(RuntimeError):
-    """Raised after ``max_nonfinite`` non-finite losses in a row; the last good checkpoint is kept."""
+    """Raised after ``max_nonfinite`` non-finite losses in a row, or when the training loss meets the
+    divergence rule (:func:`loss_divergence`); the last good checkpoint is kept."""
+
+
+def loss_window_size(steps: int, windows: int = LOSS_WINDOWS) -> int:
+    """Steps per window of a ``steps``-step run cut into ``windows`` window means (the last may be shorter)."""
+    return max(1, math.ceil(steps / windows))
+
+
+def loss_divergence(window_means: Sequence[float | None], ratio: float, span: int = LOSS_SPAN) -> int | None:
+    """The first count of windows k >= ``span`` at which the mean of windows k-span+1..k is above ``ratio``
+    times the first window's mean, or None if it never is. Windows without a finite loss (None) are left out.
+
+    With 100 windows: the mean training loss of the latest tenth of the run against that of its first
+    hundredth, which is close to the untrained model's. A diverged ZO run sits well above its start (on mr
+    about 2x, where healthy runs end below it), so a rule met there marks an lr that cannot be the one kept."""
+    first = window_means[0] if window_means else None
+    if first is None or not math.isfinite(first):
+        return None
+    for k in range(span, len(window_means) + 1):
+        recent = [m for m in window_means[k - span:k] if m is not None and math.isfinite(m)]
+        if recent and statistics.fmean(recent) > ratio * first:
+            return k
+    return None
 
 
 class RunInterrupted(Exception):
@@ -93,6 +133,11 @@ class RunnerState:
     metrics_bytes: int = 0
     seed_log_bytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # the caller's (e.g. zero-shot results)
+    # the training loss as window means (the divergence rule's input): finished windows, and the finite
+    # losses and step count of the window under way
+    loss_windows: list[float | None] = field(default_factory=list)
+    window_losses: list[float] = field(default_factory=list)
+    window_steps: int = 0
 
 
 class _StopFlag:
@@ -137,6 +182,8 @@ class Runner:
         metric: the key of the metrics that picks the best.
         save_best: called with the step whenever the dev metric improves (ties keep the earlier step).
         state: a resumed run's state (``None``: a new run).
+        stop_loss_ratio: stop as diverged once :func:`loss_divergence` holds for the run's loss windows at
+            this ratio (``None``: never).
         agree: under data parallelism, ``flag -> flag on any rank``: every rank stops after the same step
             when any of them got a signal (a rank that stopped alone would leave the others waiting).
     """
@@ -146,7 +193,7 @@ class Runner:
                  steps: int, metric: str, evaluate: Callable[[int], dict[str, float] | None],
                  save_best: Callable[[int], None], eval_every: int = 0, checkpoint_every: int = 0,
                  max_nonfinite: int = 5, progress: bool = True, state: RunnerState | None = None,
-                 agree: Callable[[bool], bool] | None = None) -> None:
+                 agree: Callable[[bool], bool] | None = None, stop_loss_ratio: float | None = None) -> None:
         self.model, self.optimizer, self.batches = model, optimizer, batches
         self.closure_for, self.folder, self.seed_log = closure_for, folder, seed_log
         self.steps, self.metric, self.evaluate, self.save_best = steps, metric, evaluate, save_best
@@ -154,6 +201,7 @@ class Runner:
         self.progress = progress
         self.state = state or RunnerState()
         self.agree = agree
+        self.stop_loss_ratio = stop_loss_ratio
 
     # --- best-so-far ----------------------------------------------------------------------------------
 
@@ -197,7 +245,28 @@ class Runner:
         else:
             self.state.consecutive_bad += 1
             record["nonfinite"] = True
+        self._track_loss(loss)
         return record
+
+    def _track_loss(self, loss: float) -> None:
+        state = self.state
+        if math.isfinite(loss):
+            state.window_losses.append(loss)
+        state.window_steps += 1
+        if state.window_steps == loss_window_size(self.steps) or state.step == self.steps:
+            state.loss_windows.append(statistics.fmean(state.window_losses) if state.window_losses else None)
+            state.window_losses, state.window_steps = [], 0
+
+    def _loss_diverged(self) -> str | None:
+        """The reason to stop if the divergence rule holds at the window just finished, else None."""
+        windows = self.state.loss_windows
+        if self.stop_loss_ratio is None or self.state.window_steps or len(windows) < LOSS_SPAN:
+            return None  # checked once per finished window
+        if loss_divergence(windows, self.stop_loss_ratio) is None:
+            return None
+        recent = [m for m in windows[-LOSS_SPAN:] if m is not None]
+        return (f"training loss diverged: {statistics.fmean(recent):.4g} over the last {LOSS_SPAN} of "
+                f"{LOSS_WINDOWS} windows, above {self.stop_loss_ratio:g}x the first window's {windows[0]:.4g}")
 
     def run(self, started: float) -> None:
         """Train until ``steps`` (from the state's step); ``started`` is the ``perf_counter`` the wall time
@@ -218,6 +287,11 @@ class Runner:
                         raise TrainingDiverged(
                             f"{self.state.consecutive_bad} non-finite losses in a row (step {step}); stopped. "
                             f"Try a smaller --lr or --eps. The best checkpoint is in {self.folder.path / 'checkpoint'}")
+                    reason = self._loss_diverged()
+                    if reason is not None:
+                        self.folder.log(record)
+                        raise TrainingDiverged(f"{reason} (step {step}); stopped. Try a smaller --lr. "
+                                               f"The best checkpoint is in {self.folder.path / 'checkpoint'}")
                     if self.eval_every and step % self.eval_every == 0 and step != self.steps:
                         result = self.evaluate(step)
                         self.consider(step, result)
