@@ -178,6 +178,42 @@ def test_a_forward_pass_budget_gives_each_method_mezos_passes():
         study(budget="hours")
 
 
+def test_forward_passes_per_step_are_counted_over_the_methods_own_steps():
+    """Under a forward-pass budget KerZOO runs 21 steps where MeZO runs 60: its six passes a step are
+    126 / 21, not 126 / 60."""
+    cfg = study(methods=["mezo", "kerzoo"], lr_grid={"mezo": [0.1], "kerzoo": [0.1]}, steps=60, eval_every=20,
+                budget="forward_passes")
+    kerzoo = [{"method": "kerzoo", "lr": 0.1, "seed": s, "status": "completed", "metric": "accuracy", "steps": 21,
+               "curve": [{"step": k, "forward_passes": 6 * k, "dev": 0.6, "wall_time": 1.0} for k in (7, 14, 21)],
+               "best_dev": 0.6, "best_step": 21, "test": 0.6, "forward_passes": 126, "wall_seconds": 3.0}
+              for s in (0, 1)]
+    mezo = [{**record("mezo", 0.1, s, [0.6, 0.6, 0.6]), "steps": 60, "forward_passes": 120} for s in (0, 1)]
+    methods = summarize(cfg, mezo + kerzoo)["methods"]
+    assert methods["kerzoo"]["forward_passes_per_step"] == pytest.approx(6.0)
+    assert methods["mezo"]["forward_passes_per_step"] == pytest.approx(2.0)
+
+
+def test_peak_memory_prefers_the_runs_own_peak_and_marks_a_process_peak(tmp_path):
+    """Old lines hold the runner process's peak so far (an upper bound); a run measured from its own start
+    replaces them, and the report marks a method that has only the old kind."""
+    cfg = study(methods=["mezo", "pezo"], lr_grid={"mezo": [0.1], "pezo": [0.1]})
+    records = [{**record("mezo", 0.1, 0, [0.6, 0.7]), "peak_memory_mb": 2400.0},
+               {**record("mezo", 0.1, 1, [0.6, 0.7]), "peak_memory_mb": 1500.0, "peak_memory_scope": "run"},
+               {**record("pezo", 0.1, 0, [0.6, 0.7]), "peak_memory_mb": 1800.0},
+               {**record("pezo", 0.1, 1, [0.6, 0.7]), "peak_memory_mb": 1900.0}]
+    methods = summarize(cfg, records)["methods"]
+    assert methods["mezo"]["peak_memory_mb"] == 1500.0 and methods["mezo"]["peak_memory_own"] is True
+    assert methods["pezo"]["peak_memory_mb"] == 1850.0 and methods["pezo"]["peak_memory_own"] is False
+    from zotune.bench.report import convergence_tables
+
+    table = convergence_tables(summarize(cfg, records), cfg, records)
+    rows: dict[str, str] = {}
+    for line in table.splitlines():  # the first row of each method: the results table's (the grid's comes later)
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0].strip("| "), line)
+    assert "| 1,850 † |" in rows["pezo"] and "| 1,500 |" in rows["mezo"] and "† the peak of the runner" in table
+
+
 def test_a_labelled_method_runs_its_zotune_method_with_its_own_options(tmp_path):
     from zotune.bench.convergence import _train_config
 
@@ -227,6 +263,9 @@ def test_verdicts_follow_the_intervals():
     assert verdict("faster", info([0.8] * 3, [300, 350, 400]), mezo)["verdict"] == "holds"
     assert verdict("faster", info([0.8] * 3, [None, None, None]), mezo)["verdict"] == "does not hold"
     assert verdict("more accurate", info([0.9]), mezo)["verdict"] == "cannot tell at this size"
+    # one seed that misses MeZO's mean final dev decides nothing: one of MeZO's own seeds may miss it too
+    assert verdict("faster", info([0.7], [None]), mezo)["verdict"] == "cannot tell at this size"
+    assert verdict("faster", info([0.8] * 3, [300, 350, 400]), info([0.8], [800]))["verdict"] == "cannot tell at this size"
 
 
 def test_report_writes_tables_and_plot(tmp_path):
@@ -247,6 +286,34 @@ def test_report_writes_tables_and_plot(tmp_path):
 
 
 # --- end to end on a tiny model ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--part", "final"], "the grid of mezo is not finished: run --part grid first"),
+    (["--part", "final", "--dry-run"], "the grid of mezo is not finished: run --part grid first"),
+    (["--methods", "kerzoo"], "methods not in this study: kerzoo; it has mezo"),
+])
+def test_a_plan_that_cannot_run_is_one_line_before_any_run(tmp_path, capsys, monkeypatch, argv, expected):
+    """`bench run` checks every file's plan before it runs any: a bad plan is one line and status 2, and no
+    run starts, not even the first file's (valid for `--methods kerzoo`: it has kerzoo, the second does not)."""
+    from zotune.bench import convergence
+    from zotune.cli import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a run started before the bad plan was reported")
+
+    monkeypatch.setattr(convergence, "run_study", refuse)
+    first = tmp_path / "first.toml"
+    first.write_text('kind = "convergence"\ntask = "mr"\nmethods = ["mezo", "kerzoo"]\n'
+                     '[lr_grid]\nmezo = [0.01]\nkerzoo = [0.01]\n')
+    second = tmp_path / "second.toml"
+    second.write_text('kind = "convergence"\ntask = "mr"\nmethods = ["mezo"]\n[lr_grid]\nmezo = [0.01]\n')
+    files = [str(second)] if "--part" in argv else [str(first), str(second)]
+    assert main(["bench", "run", *files, *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err == f"zotune bench run: error: {expected}"
+    assert not (tmp_path / "results").exists()  # nothing written
 
 
 def test_run_study_end_to_end_and_resume(tiny_dir, tmp_path):

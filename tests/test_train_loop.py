@@ -206,3 +206,20 @@ def test_combined_method_with_options_and_dizo_search_batches(tiny_dir, tmp_path
     assert len(draws) == 4 and all(0 < d < 3 * 1024 + 1000 for d in draws)  # a pool, not one number per weight
     with pytest.raises(ValueError, match="unknown option"):
         train(config(tiny_dir, tmp_path / "bad", method="kerzoo-unbiased", method_options={"pool_size": 8}))
+
+
+def test_a_runs_peak_memory_is_its_own_not_an_earlier_jobs_in_the_same_process(tiny_dir, tmp_path):
+    """A study runs many trainings in one process: each summary's peak must not be the largest peak so far.
+    Here 512 MiB is touched and freed before a tiny run whose own peak is far below the process's."""
+    from zotune.core.memory import peak_rss_mb, reset_peak_rss
+
+    if not reset_peak_rss():
+        pytest.skip("the RSS high-water mark cannot be reset here (not Linux)")
+    before = peak_rss_mb()
+    big = torch.ones(128 * 2**20)  # 512 MiB, touched, so it is resident
+    process_peak = peak_rss_mb()
+    del big  # torch returns an allocation this large to the system at once
+    assert process_peak > before + 400
+    summary = train(config(tiny_dir, tmp_path / "run"))
+    assert summary["peak_memory_scope"] == "run"
+    assert 0 < summary["peak_memory_mb"] < process_peak - 300, (summary["peak_memory_mb"], process_peak)

@@ -341,7 +341,8 @@ def run_one(cfg: ConvergenceConfig, key: RunKey, zero_shot: bool, workdir: Path)
         "wall_seconds": round(time.perf_counter() - started, 1), "train_seconds": round(summary.get("train_seconds", 0.0), 1),
         "cpu_seconds": round(summary.get("cpu_seconds", 0.0), 1), "threads": summary.get("threads"),
         "trainable_params": summary.get("trainable_params"), "steps": cfg.steps_for(key.method),
-        "peak_memory_mb": summary.get("peak_memory_mb"), "packed_forwards": summary.get("packed_forwards"),
+        "peak_memory_mb": summary.get("peak_memory_mb"), "peak_memory_scope": summary.get("peak_memory_scope"),
+        "packed_forwards": summary.get("packed_forwards"),
         "loss_curve": loss_curve(metrics, cfg.loss_points),
         "random_numbers_per_step": _mean_of(r.get("random_numbers") for r in metrics if "loss" in r),
         # where and when: wall times from machines with another CPU are not comparable
@@ -545,7 +546,11 @@ def verdict(claim: str, method: dict[str, Any], baseline: dict[str, Any]) -> dic
       the whole budget, which favours the method): the difference's interval below 0 holds, above 0 or a
       method that never reaches it does not hold.
 
-    Anything else is "cannot tell at this size" (the interval contains the answer either way)."""
+    Anything else is "cannot tell at this size" (the interval contains the answer either way), and so is every
+    claim, "never reaches" included, while a side has fewer than two completed seeds: one seed of MeZO's own
+    may miss MeZO's mean final dev, so one of the method's missing it decides nothing."""
+    if len(method["tests"]) < 2 or len(baseline["tests"]) < 2:
+        return {"verdict": "cannot tell at this size", "why": "fewer than two seeds on a side"}
     if claim == "faster":
         budget = method.get("budget_forward_passes")
         ours = [p if p is not None else budget for p in method["reach"].get("per_seed_forward_passes", [])]
@@ -568,6 +573,16 @@ def verdict(claim: str, method: dict[str, Any], baseline: dict[str, Any]) -> dic
     else:
         answer = "holds" if low > 0 else "does not hold" if high < 0 else "cannot tell at this size"
     return {"verdict": answer, **detail}
+
+
+def _own_peaks(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs whose peak memory is their own, or all of them where none is."""
+    return [r for r in runs if r.get("peak_memory_scope") == "run"] or runs
+
+
+def _steps_run(record: dict[str, Any]) -> int:
+    """The steps a finished run took (its last evaluation's step where an old line lacks ``steps``)."""
+    return int(record.get("steps") or record["curve"][-1]["step"])
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -596,13 +611,17 @@ def summarize(cfg: ConvergenceConfig, records: list[dict[str, Any]]) -> dict[str
             "test_ci95": ci95([r["test"] for r in completed]),
             "final_loss_mean": statistics.fmean(finals) if finals else None, "final_loss_ci95": ci95(finals),
             "loss_curve": mean_loss_curve(completed),
-            "peak_memory_mb": _mean_of(r.get("peak_memory_mb") for r in runs),
+            # a run's own peak where it was measured so ("run"); older lines hold their process's peak so far,
+            # which in a runner of several runs is an earlier run's, and are used only where no other is
+            "peak_memory_mb": _mean_of(r.get("peak_memory_mb") for r in _own_peaks(runs)),
+            "peak_memory_own": bool(runs) and all(r.get("peak_memory_scope") == "run" for r in _own_peaks(runs)),
             "random_numbers_per_step": _mean_of(r.get("random_numbers_per_step") for r in runs),
             "wall_seconds": [r["wall_seconds"] for r in runs],
             "budget_forward_passes": max((r["forward_passes"] for r in completed), default=None),
             "curve": mean_curve(completed), "runs": completed,
             "wall_seconds_mean": statistics.fmean(r["wall_seconds"] for r in runs) if runs else None,
-            "forward_passes_per_step": (statistics.fmean(r["forward_passes"] / cfg.steps for r in completed)
+            # per the method's own steps: under a forward-pass budget KerZOO runs a third of MeZO's steps
+            "forward_passes_per_step": (statistics.fmean(r["forward_passes"] / _steps_run(r) for r in completed)
                                         if completed else None),
         }
     baseline = methods.get("mezo")

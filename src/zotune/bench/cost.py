@@ -38,7 +38,8 @@ from typing import Any
 
 import torch
 
-from zotune.bench.step import machine, peak_rss_mb, reset_peak_rss
+from zotune.bench.step import machine
+from zotune.core.memory import peak_rss_mb, reset_peak_rss
 
 __all__ = ["CostConfig", "run_cost", "run_cost_memory", "measure_memory_mode", "numel"]
 

@@ -135,8 +135,12 @@ def convergence_tables(summary: dict[str, Any], cfg: Any, records: list[dict[str
             f"{_ratio(reach.get('forward_pass_ratio'))} | {per_seed} | "
             f"{'–' if target_loss is None else 'not reached' if loss_reach is None else _fmt_int(loss_reach)} | {test} | "
             f"{_ci(info.get('final_loss_mean'), info.get('final_loss_ci95'))} | {passes} | "
-            f"{_fmt_int(info.get('random_numbers_per_step'))} | {_fmt_int(info.get('peak_memory_mb'))} | {wall} |"
+            f"{_fmt_int(info.get('random_numbers_per_step'))} | {_fmt_int(info.get('peak_memory_mb'))}"
+            f"{'' if info.get('peak_memory_own', True) else ' †'} | {wall} |"
         )
+    if any(info["runs"] and not info.get("peak_memory_own", True) for info in summary["methods"].values()):
+        lines += ["", "† the peak of the runner's process up to that run, not the run's own: an upper bound (these "
+                  "runs were made before each run's peak was counted from its start)."]
     # the learning-rate grid, for the record
     by_key = {RunKey.of(r): r for r in records}
     grids = {m: summary["methods"][m].get("grid") or sorted(float(x) for x in cfg.lr_grid[m]) for m in cfg.methods}

@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from zotune.bench.step import machine, peak_rss_mb, reset_peak_rss
+from zotune.bench.step import machine
+from zotune.core.memory import peak_rss_mb, reset_peak_rss
 
 __all__ = ["ScaleConfig", "run_scale", "measure_scale_mode", "build_random_llama"]
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 
 import zotune
+from zotune.core.memory import peak_rss_mb, reset_peak_rss
 from zotune.core.optimizer import StepContext
 from zotune.core.samplers import Direction
 from zotune.reference import mezo_global_rng_draw, reference_mezo_step
@@ -174,32 +174,6 @@ def summarize(samples: dict[str, list[float]]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------
 # memory: one fresh process per mode
 # ---------------------------------------------------------------------------------------------------------
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's high-water mark of this process's RSS to its current RSS (Linux only).
-
-    Building a model with random initialisation peaks above what the model then holds; resetting after
-    the build makes the peak that of the workload (weights included, construction transients not).
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb() -> float:
-    """Peak RSS since the last reset (VmHWM), else since the process started (ru_maxrss), in MiB."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
 def run_memory_mode(mode: str, batch: int, length: int, steps: int, layers: int | None, sampler: str) -> dict[str, Any]:

@@ -81,10 +81,36 @@ def _run_memory(args: argparse.Namespace) -> int:
 
 
 def _run_experiment(args: argparse.Namespace) -> int:
-    from zotune.bench.experiments import load_experiment
+    from zotune.cli._common import run_guarded
+
+    experiments: list[Experiment] = []
+
+    def check() -> int:
+        # Every file, and every study's plan (e.g. `--part final` before the grid is done, a method the study
+        # lacks), is checked before any run starts: a mistake in the second file must not surface hours later.
+        experiments.extend(_checked_experiment(path, args) for path in args.experiments)
+        return 0
+
+    status = run_guarded("bench run", check)
+    if status != 0:
+        return status
+    return _run_checked(experiments, args)
+
+
+def _checked_experiment(path: str, args: argparse.Namespace) -> "Experiment":
+    from zotune.bench.experiments import load_experiment, read_results
+
+    exp = load_experiment(path)
+    if exp.kind == "convergence":
+        from zotune.bench.convergence import planned_runs
+
+        planned_runs(exp.config, read_results(exp.results), args.part, args.methods)  # raises ValueError
+    return exp
+
+
+def _run_checked(experiments: list["Experiment"], args: argparse.Namespace) -> int:
     from zotune.train.runner import RunInterrupted
 
-    experiments = [load_experiment(path) for path in args.experiments]  # all checked before any runs
     try:
         for exp in experiments:
             _run_one_experiment(exp, args)

@@ -12,7 +12,6 @@ checked before the model loads; nothing is written until the model, the adapter 
 from __future__ import annotations
 
 import json
-import resource
 import shutil
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 from zotune.core.distributed import LossSync, Weighted
+from zotune.core.memory import peak_memory_mb, reset_peak_memory
 from zotune.core.seeds import STREAM_AUX, mix
 from zotune.llm.evaluate import evaluate
 from zotune.llm.models import LoadedModel, load_model, load_model_config
@@ -86,12 +86,6 @@ def _device(name: str) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def check_method(cfg: TrainConfig) -> Any:
@@ -185,6 +179,7 @@ class _Job:
         self.echo = echo or (lambda msg: print(msg, file=sys.stderr))
         self.resume_folder, self.resume_checkpoint = resume_folder, resume_checkpoint
         self.ranks = RankContext()
+        self.peak_memory_scope = "process"  # until _execute resets the count
 
     def evaluate(self, scorer: Scorer, examples: list, name: str) -> dict[str, float]:
         """Metrics of ``examples``; under data parallelism each rank scores its shard and the ranks combine."""
@@ -277,6 +272,8 @@ class _Job:
             torch.set_num_threads(run_cfg.threads)
         t0, cpu0 = time.perf_counter(), time.process_time()
         self.validate()
+        # this run's peak, loading included, not that of an earlier job in the same process (a study runner)
+        self.peak_memory_scope = "run" if reset_peak_memory(self.device) else "process"
         task, splits, metric = self.task, self.splits, self.task.metric
         loaded = loaded or load_model(cfg.model.name, dtype=cfg.model.dtype, quiet=False, device_map=cfg.model.device_map)
         model = loaded.model if cfg.model.device_map else loaded.model.to(self.device)
@@ -461,7 +458,8 @@ class _Job:
         # CPU seconds of this process: on a shared machine, cpu_seconds / threads estimates the unloaded wall time
         summary["cpu_seconds"] = time.process_time() - cpu0
         summary["threads"] = torch.get_num_threads()
-        summary["peak_memory_mb"] = _peak_memory_mb(self.device)
+        summary["peak_memory_mb"] = peak_memory_mb(self.device)
+        summary["peak_memory_scope"] = self.peak_memory_scope  # "process": since the process started
         summary["run_folder"] = str(folder.path)
         folder.close()  # the TensorBoard event file, if any
         folder.write_json("summary.json", summary)
