@@ -4,6 +4,9 @@
 runner, a notebook) every job after the first reports the largest peak so far. On Linux the mark can be reset
 (``/proc/self/clear_refs``, value 5) and read back as ``VmHWM``; on CUDA, ``torch.cuda.reset_peak_memory_stats``
 does the same for ``max_memory_allocated``. Resetting changes only this accounting, nothing the process holds.
+The reset starts from the RSS of that moment, so what an earlier job left resident (heap pages glibc keeps after
+a free, objects not yet collected) still counts: a clean figure needs a process per job, as the cost and step
+benchmarks run their memory modes.
 """
 
 from __future__ import annotations
