@@ -212,6 +212,12 @@ def test_peak_memory_prefers_the_runs_own_peak_and_marks_a_process_peak(tmp_path
         if line.startswith("| "):
             rows.setdefault(line.split(" | ")[0].strip("| "), line)
     assert "| 1,850 † |" in rows["pezo"] and "| 1,500 |" in rows["mezo"] and "† the peak of the runner" in table
+    # wall times of two CPUs are shown apart, never averaged together
+    records[1] = {**records[1], "cpu_family_model": "25/17", "wall_seconds": 5.0}
+    records[0] = {**records[0], "cpu_family_model": "23/49"}
+    table = convergence_tables(summarize(cfg, records), cfg, records)
+    mezo_row = next(line for line in table.splitlines() if line.startswith("| mezo |"))
+    assert mezo_row.endswith("| 3 (23/49), 5 (25/17) |"), mezo_row
 
 
 def test_a_labelled_method_runs_its_zotune_method_with_its_own_options(tmp_path):

@@ -575,6 +575,14 @@ def verdict(claim: str, method: dict[str, Any], baseline: dict[str, Any]) -> dic
     return {"verdict": answer, **detail}
 
 
+def _walls_by_cpu(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean wall seconds per CPU (``cpu_family_model``, "?" where a line lacks it), in the runs' order."""
+    walls: dict[str, list[float]] = {}
+    for r in runs:
+        walls.setdefault(str(r.get("cpu_family_model") or "?"), []).append(r["wall_seconds"])
+    return {cpu: statistics.fmean(values) for cpu, values in walls.items()}
+
+
 def _own_peaks(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The runs whose peak memory is their own, or all of them where none is."""
     return [r for r in runs if r.get("peak_memory_scope") == "run"] or runs
@@ -617,6 +625,8 @@ def summarize(cfg: ConvergenceConfig, records: list[dict[str, Any]]) -> dict[str
             "peak_memory_own": bool(runs) and all(r.get("peak_memory_scope") == "run" for r in _own_peaks(runs)),
             "random_numbers_per_step": _mean_of(r.get("random_numbers_per_step") for r in runs),
             "wall_seconds": [r["wall_seconds"] for r in runs],
+            # wall times of different CPUs are never averaged together: one mean per CPU (family/model)
+            "wall_seconds_by_cpu": _walls_by_cpu(runs),
             "budget_forward_passes": max((r["forward_passes"] for r in completed), default=None),
             "curve": mean_curve(completed), "runs": completed,
             "wall_seconds_mean": statistics.fmean(r["wall_seconds"] for r in runs) if runs else None,

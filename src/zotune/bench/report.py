@@ -114,7 +114,7 @@ def convergence_tables(summary: dict[str, Any], cfg: Any, records: list[dict[str
     lines += [
         "| method | lr (kept) | steps | forward passes to target dev | ÷ MeZO | per-seed steps to it | forward passes to "
         "MeZO's final loss | test (mean ± 95% CI) | final loss (± 95% CI) | forward passes / step | random numbers / step "
-        "| peak memory MiB | wall s / run |",
+        "| peak memory MiB | wall s / run (per CPU family/model where they differ) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, info in summary["methods"].items():
@@ -124,8 +124,12 @@ def convergence_tables(summary: dict[str, Any], cfg: Any, records: list[dict[str
         steps = cfg.steps_for(method) if hasattr(cfg, "steps_for") else cfg.steps
         test = _ci(info["test_mean"], info.get("test_ci95")) + (f" ({info['diverged']} diverged)" if info["diverged"] else "")
         passes = "–" if info["forward_passes_per_step"] is None else f"{info['forward_passes_per_step']:.2f}"
-        walls = info.get("wall_seconds") or []
-        wall = "–" if not walls else f"{sum(walls) / len(walls):.0f}"
+        by_cpu = info.get("wall_seconds_by_cpu") or {}
+        if len(by_cpu) > 1:  # runs on several CPUs: a mean each, named by CPU family/model
+            wall = ", ".join(f"{seconds:.0f} ({cpu})" for cpu, seconds in by_cpu.items())
+        else:
+            walls = info.get("wall_seconds") or []
+            wall = "–" if not walls else f"{sum(walls) / len(walls):.0f}"
         loss_reach = (info.get("reach_loss") or {}).get("forward_passes")
         if not info["runs"]:  # nothing finished at the kept lr yet (or no lr kept)
             lines.append(f"| {method} | {lr} | {steps} | " + " | ".join(["–"] * 10) + " |")
