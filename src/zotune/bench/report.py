@@ -124,12 +124,8 @@ def convergence_tables(summary: dict[str, Any], cfg: Any, records: list[dict[str
         steps = cfg.steps_for(method) if hasattr(cfg, "steps_for") else cfg.steps
         test = _ci(info["test_mean"], info.get("test_ci95")) + (f" ({info['diverged']} diverged)" if info["diverged"] else "")
         passes = "–" if info["forward_passes_per_step"] is None else f"{info['forward_passes_per_step']:.2f}"
-        by_cpu = info.get("wall_seconds_by_cpu") or {}
-        if len(by_cpu) > 1:  # runs on several CPUs: a mean each, named by CPU family/model
-            wall = ", ".join(f"{seconds:.0f} ({cpu})" for cpu, seconds in by_cpu.items())
-        else:
-            walls = info.get("wall_seconds") or []
-            wall = "–" if not walls else f"{sum(walls) / len(walls):.0f}"
+        by_cpu = info.get("wall_seconds_by_cpu") or {}  # runs on several CPUs: a mean each, named by CPU
+        wall = ", ".join(f"{seconds:.0f}" + (f" ({cpu})" if len(by_cpu) > 1 else "") for cpu, seconds in by_cpu.items()) or "–"
         loss_reach = (info.get("reach_loss") or {}).get("forward_passes")
         if not info["runs"]:  # nothing finished at the kept lr yet (or no lr kept)
             lines.append(f"| {method} | {lr} | {steps} | " + " | ".join(["–"] * 10) + " |")
