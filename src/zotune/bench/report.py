@@ -11,7 +11,7 @@ from typing import Any
 
 from zotune.bench.experiments import Experiment, read_results
 
-__all__ = ["write_report", "cost_table", "convergence_tables", "verdict_table", "plot_convergence"]
+__all__ = ["write_report", "cost_table", "convergence_tables", "verdict_table", "per_seed_table", "plot_convergence"]
 
 
 def _fmt_int(value: float | None) -> str:
@@ -82,12 +82,18 @@ def _ci(mean: float | None, half: float | None) -> str:
     return f"{mean:.3f}" + ("" if half is None else f" ± {half:.3f}")
 
 
+def _signed(value: float) -> str:
+    """A difference with its sign: three significant digits, whole numbers with separators from 100 on."""
+    return f"{value:+,.0f}" if abs(value) >= 100 else f"{value:+.3g}"
+
+
 def verdict_table(summary: dict[str, Any]) -> str:
     """The claims under test, each with its verdict and the 95% interval it rests on."""
     lines = ["| method | claim | source | verdict | difference vs MeZO (95% interval) |", "|---|---|---|---|---|"]
     for claim in summary["claims"]:
         if "difference" in claim:
-            evidence = f"{claim['quantity']}: {claim['difference']:+.3g} ({claim['low']:+.3g} to {claim['high']:+.3g})"
+            evidence = (f"{claim['quantity']}: {_signed(claim['difference'])} ({_signed(claim['low'])} to "
+                        f"{_signed(claim['high'])})")
         else:
             evidence = claim.get("why", "–")
         lines.append(f"| {claim['method']} | {claim['claim']} | {claim.get('source', '–')} | **{claim['verdict']}** | {evidence} |")
@@ -141,6 +147,7 @@ def convergence_tables(summary: dict[str, Any], cfg: Any, records: list[dict[str
     if any(info["runs"] and not info.get("peak_memory_own", True) for info in summary["methods"].values()):
         lines += ["", "† the peak of the runner's process up to that run, not the run's own: an upper bound (these "
                   "runs were made before each run's peak was counted from its start)."]
+    lines += ["", per_seed_table(summary)]
     # the learning-rate grid, for the record
     by_key = {RunKey.of(r): r for r in records}
     grids = {m: summary["methods"][m].get("grid") or sorted(float(x) for x in cfg.lr_grid[m]) for m in cfg.methods}
@@ -160,6 +167,30 @@ def convergence_tables(summary: dict[str, Any], cfg: Any, records: list[dict[str
                 mark += " (loss diverged)"  # ran to its end before the rule was set: scored as diverged
             cells.append(f"{lr:g}: " + (f"{sum(values) / len(values):.3f}{mark}" if len(values) == len(runs) else "diverged"))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def per_seed_table(summary: dict[str, Any]) -> str:
+    """Each completed run at a method's kept lr: when it first reached MeZO's final dev metric, in forward passes,
+    steps and wall seconds from the run's start (its dev evaluations included), and on which CPU, since wall
+    times of different CPUs are not comparable."""
+    from zotune.bench.convergence import first_reaching
+
+    target = summary["target_dev"]
+    lines = [f"Per seed, at the kept lr: the first evaluation at or above MeZO's final dev metric "
+             f"({'–' if target is None else format(target, '.3f')}); wall seconds from the run's start, dev "
+             "evaluations included, comparable only within one CPU (family/model):", "",
+             "| method | seed | forward passes to target dev | step | wall s to it | wall s, whole run | best dev | test | CPU |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for method, info in summary["methods"].items():
+        for run in info["runs"]:
+            hit = first_reaching(run["curve"], target) if target is not None else None
+            reached = ("not reached", "–", "–") if hit is None else (
+                _fmt_int(hit["forward_passes"]), str(hit["step"]), f"{hit['wall_time']:.0f}")
+            lines.append(f"| {method} | {run['seed']} | {' | '.join(reached)} | {run['wall_seconds']:.0f} | "
+                         f"{'–' if run.get('best_dev') is None else format(run['best_dev'], '.3f')} | "
+                         f"{'–' if run.get('test') is None else format(run['test'], '.3f')} | "
+                         f"{run.get('cpu_family_model', '?')} {run.get('cpu_capability', '')}".rstrip() + " |")
     return "\n".join(lines)
 
 

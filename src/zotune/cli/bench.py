@@ -32,6 +32,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                             help="convergence: the learning-rate grid, the final seeds, or both (default)")
     run_parser.add_argument("--methods", nargs="+", default=None,
                             help="convergence: only these methods (to split a study across processes)")
+    run_parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                            help="convergence: only these seeds, run seed by seed in this order (e.g. --seeds 1 2: "
+                                 "every method's second seed before any third)")
     run_parser.add_argument("--memory-only", action="store_true",
                             help="cost: re-measure only the peak memory (safe beside other jobs) and append it")
     run_parser.add_argument("--no-memory", action="store_true",
@@ -104,7 +107,7 @@ def _checked_experiment(path: str, args: argparse.Namespace) -> "Experiment":
     if exp.kind == "convergence":
         from zotune.bench.convergence import planned_runs
 
-        planned_runs(exp.config, read_results(exp.results), args.part, args.methods)  # raises ValueError
+        planned_runs(exp.config, read_results(exp.results), args.part, args.methods, args.seeds)  # raises ValueError
     return exp
 
 
@@ -158,12 +161,12 @@ def _run_one_experiment(exp: "Experiment", args: argparse.Namespace) -> None:
     from zotune.bench.convergence import planned_runs, run_study
 
     if args.dry_run:
-        todo = planned_runs(exp.config, read_results(exp.results), args.part, args.methods)
+        todo = planned_runs(exp.config, read_results(exp.results), args.part, args.methods, args.seeds)
         for key in todo:
             print(f"{key.method} lr={key.lr:g} seed={key.seed}")
         print(f"{len(todo)} run(s) to do ({args.part}); results in {exp.results}", file=sys.stderr)
         return
-    ran = run_study(exp, args.part, args.methods)
+    ran = run_study(exp, args.part, args.methods, seeds=args.seeds)
     print(f"{ran} run(s) appended to {exp.results}", file=sys.stderr)
 
 
