@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from zotune.bench.convergence import (
     loss_curve,
     lr_grid,
     mean_curve,
+    paired_difference_ci95,
     planned_runs,
     run_study,
     summarize,
@@ -309,6 +311,28 @@ def test_never_reaching_the_target_is_judged_by_the_censored_interval():
     # each side is censored at its own budget: MeZO's missing seed counts 2,000, not the method's 1,980
     assert verdict("faster", info([500, 520], 1980), info([1600, None, 800], 2000))["difference"] == pytest.approx(
         510 - 4400 / 3)
+
+
+def test_paired_interval_by_seed_is_shown_beside_the_verdict():
+    """full-mr's test metrics: DiZO against MeZO per seed (0.786 / 0.726 / 0.772 against 0.790 / 0.722 / 0.764).
+    Seed 1's split is hard for both, so the per-seed differences (-0.004, +0.004, +0.008) spread far less than
+    the runs; the verdict stays on the Welch interval."""
+    def info(tests):
+        return {"tests": tests, "runs": [{"seed": s} for s in range(len(tests))],
+                "reach": {"forward_passes": None, "per_seed_forward_passes": []}, "budget_forward_passes": 1000}
+
+    dizo, mezo = info([0.786, 0.726, 0.772]), info([0.790, 0.722, 0.764])
+    result = verdict("more accurate", dizo, mezo)
+    assert result["verdict"] == "cannot tell at this size"
+    pair = result["paired"]
+    half = 4.303 * statistics.stdev([-0.004, 0.004, 0.008]) / math.sqrt(3)
+    assert pair["pairs"] == 3 and pair["difference"] == pytest.approx(0.008 / 3)
+    assert pair["high"] - pair["low"] == pytest.approx(2 * half)
+    assert pair["high"] - pair["low"] < (result["high"] - result["low"]) / 5  # far narrower than Welch's
+    assert paired_difference_ci95({0: 1.0, 2: 3.0}, {0: 0.5, 1: 9.0, 2: 2.0})[3] == 2  # only seeds both have
+    assert paired_difference_ci95({0: 1.0}, {0: 0.5}) is None
+    row = verdict_table({"claims": [{"method": "dizo", "claim": "more accurate", **result}]})
+    assert "; paired by seed (3 seeds): +0.00267 (" in row
 
 
 def test_report_writes_tables_and_plot(tmp_path):

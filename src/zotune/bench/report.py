@@ -94,6 +94,10 @@ def verdict_table(summary: dict[str, Any]) -> str:
         if "difference" in claim:
             evidence = (f"{claim['quantity']}: {_signed(claim['difference'])} ({_signed(claim['low'])} to "
                         f"{_signed(claim['high'])})")
+            if claim.get("paired"):
+                pair = claim["paired"]
+                evidence += (f"; paired by seed ({pair['pairs']} seeds): {_signed(pair['difference'])} "
+                             f"({_signed(pair['low'])} to {_signed(pair['high'])})")
         else:
             evidence = claim.get("why", "–")
         lines.append(f"| {claim['method']} | {claim['claim']} | {claim.get('source', '–')} | **{claim['verdict']}** | {evidence} |")
