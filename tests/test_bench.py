@@ -68,6 +68,8 @@ def test_experiment_file_is_validated(tmp_path):
         ('kind = "cost"\nbatchsize = 3\n', "unknown key"),
         ('kind = "convergence"\nmethods = ["mezo"]\n', "lr_grid has no learning rates for mezo"),
         ('kind = "cost"\nbatch = 0\n', "batch must be a positive integer"),
+        ('kind = "convergence"\nmethods = ["mezo"]\nverdict_interval = "t"\n[lr_grid]\nmezo = [0.01]\n',
+         "verdict_interval must be one of welch, paired"),
     ]:
         bad = tmp_path / "bad.toml"
         bad.write_text(text)
@@ -333,6 +335,29 @@ def test_paired_interval_by_seed_is_shown_beside_the_verdict():
     assert paired_difference_ci95({0: 1.0}, {0: 0.5}) is None
     row = verdict_table({"claims": [{"method": "dizo", "claim": "more accurate", **result}]})
     assert "; paired by seed (3 seeds): +0.00267 (" in row
+
+
+def test_a_file_that_names_the_paired_interval_is_decided_by_it():
+    """The same DiZO numbers under "no accuracy loss": Welch's interval (-0.083 to +0.088) reaches below the
+    -2 point margin, the paired one (-0.013 to +0.018) does not. A file that fixed ``verdict_interval =
+    "paired"`` gets "holds"; one on Welch (the default) cannot tell; a paired verdict without two shared seeds
+    cannot tell either."""
+    def info(tests, seeds):
+        return {"tests": tests, "runs": [{"seed": s} for s in seeds],
+                "reach": {"forward_passes": None, "per_seed_forward_passes": []}, "budget_forward_passes": 1000}
+
+    dizo, mezo = info([0.786, 0.726, 0.772], [0, 1, 2]), info([0.790, 0.722, 0.764], [0, 1, 2])
+    welch = verdict("no accuracy loss", dizo, mezo)
+    paired = verdict("no accuracy loss", dizo, mezo, interval="paired")
+    assert (welch["verdict"], welch["decided_by"]) == ("cannot tell at this size", "welch")
+    assert (paired["verdict"], paired["decided_by"]) == ("holds", "paired")
+    assert paired["low"] == welch["low"]  # both intervals stay in the result
+    row = verdict_table({"claims": [{"method": "dizo", "claim": "no accuracy loss", **paired}]})
+    assert "test metric: paired by seed (3 seeds): +0.00267 (-0.0125 to +0.0178) (decides); Welch: +0.00267 (" in row
+    apart = verdict("no accuracy loss", info([0.786, 0.726], [0, 1]), info([0.790, 0.722], [2, 3]), interval="paired")
+    assert apart["verdict"] == "cannot tell at this size"
+    with pytest.raises(ValueError, match="interval must be one of"):
+        verdict("faster", dizo, mezo, interval="paried")
 
 
 def test_report_writes_tables_and_plot(tmp_path):

@@ -120,7 +120,10 @@ def norm_table(perms: torch.Tensor) -> torch.Tensor:
     """
     period = perms.shape[1]
     wide = wide_float(perms.device)  # float64; float32 on MPS, which has no float64
-    norms = perms.to(torch.int64).square().sum(dim=0).to(wide).sqrt()
+    # math.sqrt of the exact integer sums: correctly rounded on every CPU. torch's vectorised float64 sqrt is
+    # not (on an Ice Lake AVX-512 machine sqrt(19) came out one ulp low), and the table has only 2^b entries.
+    sums = perms.to(torch.int64).square().sum(dim=0).tolist()
+    norms = torch.tensor([math.sqrt(total) for total in sums], dtype=torch.float64).to(device=perms.device, dtype=wide)
     table = torch.empty(period, dtype=wide, device=perms.device)
     table[perms[0].to(torch.int64) + period // 2] = norms
     return table

@@ -31,7 +31,8 @@ Analysis (:func:`summarize`): MeZO's *final dev metric* is the mean over seeds o
 last step; MeZO's *final training loss* the mean of its last 10% of training-loss windows. For each method, the steps (and forward passes) to reach it are read off the seed-mean dev
 curve at the evaluation points (first point >= target; ``None`` when never reached), and per seed; the
 ratio to MeZO's own is the claim under test. Test metrics and final losses carry t-based 95% confidence
-intervals over seeds, and each claim of the experiment file (``claims``) gets a verdict (:func:`verdict`).
+intervals over seeds, and each claim of the experiment file (``claims``) gets a verdict (:func:`verdict`), on
+the interval the file names (``verdict_interval``: Welch over seeds, or paired by seed).
 """
 
 from __future__ import annotations
@@ -51,10 +52,12 @@ from typing import Any
 from zotune.bench.experiments import Experiment, append_result, read_results
 
 CLAIMS = ("faster", "more accurate", "no accuracy loss")
+VERDICT_INTERVALS = ("welch", "paired")
 NO_LOSS_MARGIN = 0.02  # "no accuracy loss" holds when the test difference's 95% interval stays above -2 points
 
 __all__ = [
     "CLAIMS",
+    "VERDICT_INTERVALS",
     "ConvergenceConfig",
     "RunKey",
     "choose_lr",
@@ -105,6 +108,9 @@ class ConvergenceConfig:
     loss_points: int = 100  # the training loss is kept as this many window means per run
     # stop grid runs whose training loss diverges (see the module docstring; None: every run runs to its end)
     grid_stop_loss_ratio: float | None = None
+    # the interval a verdict rests on: "welch" (unpaired, over each side's seeds) or "paired" (per-seed
+    # differences over the seeds both sides have); fixed in the file before its runs (see :func:`verdict`)
+    verdict_interval: str = "welch"
     # the claims the study tests: {method, claim ("faster", "more accurate" or "no accuracy loss"), source}
     claims: list[dict[str, str]] = field(default_factory=list)
 
@@ -141,6 +147,8 @@ class ConvergenceConfig:
 
         if self.grid_stop_loss_ratio is not None and (self.grid_stop_loss_ratio < 1 or self.loss_points != LOSS_WINDOWS):
             raise ValueError(f"grid_stop_loss_ratio must be >= 1 and needs loss_points = {LOSS_WINDOWS} (the rule's windows)")
+        if self.verdict_interval not in VERDICT_INTERVALS:
+            raise ValueError(f"verdict_interval must be one of {', '.join(VERDICT_INTERVALS)}, got {self.verdict_interval!r}")
         for claim in self.claims:
             if claim.get("method") not in self.methods or claim.get("claim") not in CLAIMS:
                 raise ValueError(f"a claim needs a method of the study and a claim among {', '.join(CLAIMS)}: {claim}")
@@ -563,7 +571,7 @@ def mean_loss_curve(records: list[dict[str, Any]]) -> list[dict[str, float]]:
     return out
 
 
-def verdict(claim: str, method: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+def verdict(claim: str, method: dict[str, Any], baseline: dict[str, Any], interval: str = "welch") -> dict[str, Any]:
     """One claim against MeZO, decided by 95% intervals over seeds:
 
     * ``more accurate``: the test-metric difference's Welch interval above 0 holds, below 0 does not hold;
@@ -578,8 +586,15 @@ def verdict(claim: str, method: dict[str, Any], baseline: dict[str, Any]) -> dic
     Anything else is "cannot tell at this size" (the interval contains the answer either way), and so is every
     claim while a side has fewer than two completed seeds. Where both sides' runs are known, the result also
     carries ``paired``: the same difference taken seed by seed (:func:`paired_difference_ci95`), narrower
-    where a seed's data split is easy or hard for every method. It is shown, not used: the rule above was
-    fixed before the runs, and the paired interval was added after seeing that seed 1 is the hard split."""
+    where a seed's data split is easy or hard for every method.
+
+    ``interval`` says which of the two decides, and an experiment file fixes it before its runs
+    (``verdict_interval``): ``"welch"`` (full-mr, whose rule was set before the paired interval existed; there
+    the paired one is shown, not used) or ``"paired"`` (lora-bbc, chosen before its first run, after full-mr
+    showed that a seed's split moves every method alike). A paired verdict needs two seeds both sides have;
+    the result's ``decided_by`` names the interval used."""
+    if interval not in VERDICT_INTERVALS:
+        raise ValueError(f"interval must be one of {', '.join(VERDICT_INTERVALS)}, got {interval!r}")
     if len(method["tests"]) < 2 or len(baseline["tests"]) < 2:
         return {"verdict": "cannot tell at this size", "why": "fewer than two seeds on a side"}
     if claim == "faster":
@@ -599,9 +614,13 @@ def verdict(claim: str, method: dict[str, Any], baseline: dict[str, Any]) -> dic
     if ci is None:
         return {"verdict": "cannot tell at this size", "why": "fewer than two seeds on a side"}
     diff, low, high = ci
-    detail: dict[str, Any] = {"quantity": quantity, "difference": diff, "low": low, "high": high}
-    if paired is not None:  # shown beside the verdict; the verdict itself stays on the unpaired (Welch) interval
+    detail: dict[str, Any] = {"quantity": quantity, "difference": diff, "low": low, "high": high, "decided_by": interval}
+    if paired is not None:
         detail["paired"] = dict(zip(("difference", "low", "high", "pairs"), paired))
+    if interval == "paired":
+        if paired is None:
+            return {"verdict": "cannot tell at this size", "why": "fewer than two seeds that both sides have", **detail}
+        diff, low, high, _ = paired
     if claim == "no accuracy loss":
         answer = "holds" if low > -NO_LOSS_MARGIN else "does not hold" if high < 0 else "cannot tell at this size"
     elif better_below:
@@ -710,7 +729,7 @@ def summarize(cfg: ConvergenceConfig, records: list[dict[str, Any]]) -> dict[str
     claims = []
     for claim in cfg.claims:
         info = methods.get(claim["method"])
-        result = (verdict(claim["claim"], info, baseline) if info and baseline and info["runs"] and baseline["runs"]
+        result = (verdict(claim["claim"], info, baseline, cfg.verdict_interval) if info and baseline and info["runs"] and baseline["runs"]
                   else {"verdict": "not run yet"})
         claims.append({**claim, **result})
     zs_test, zs_test_std = _mean_std([z["test"] for s, z in zero.items() if s in cfg.seeds and z.get("test") is not None])

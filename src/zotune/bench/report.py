@@ -92,12 +92,16 @@ def verdict_table(summary: dict[str, Any]) -> str:
     lines = ["| method | claim | source | verdict | difference vs MeZO (95% interval) |", "|---|---|---|---|---|"]
     for claim in summary["claims"]:
         if "difference" in claim:
-            evidence = (f"{claim['quantity']}: {_signed(claim['difference'])} ({_signed(claim['low'])} to "
-                        f"{_signed(claim['high'])})")
-            if claim.get("paired"):
-                pair = claim["paired"]
-                evidence += (f"; paired by seed ({pair['pairs']} seeds): {_signed(pair['difference'])} "
-                             f"({_signed(pair['low'])} to {_signed(pair['high'])})")
+            # the interval that decides comes first; the other is shown beside it
+            welch = f"{_signed(claim['difference'])} ({_signed(claim['low'])} to {_signed(claim['high'])})"
+            pair = claim.get("paired")
+            paired = pair and (f"paired by seed ({pair['pairs']} seeds): {_signed(pair['difference'])} "
+                               f"({_signed(pair['low'])} to {_signed(pair['high'])})")
+            if claim.get("decided_by") == "paired":
+                evidence = (f"{claim['quantity']}: {paired or 'paired by seed: fewer than two seeds both have'} "
+                            f"(decides); Welch: {welch}")
+            else:
+                evidence = f"{claim['quantity']}: {welch}" + (f"; {paired}" if paired else "")
         else:
             evidence = claim.get("why", "–")
         lines.append(f"| {claim['method']} | {claim['claim']} | {claim.get('source', '–')} | **{claim['verdict']}** | {evidence} |")
