@@ -603,7 +603,7 @@ def verdict(claim: str, method: dict[str, Any], baseline: dict[str, Any], interv
         missed = (sum(p is None for p in method["reach"].get("per_seed_forward_passes", [])),
                   sum(p is None for p in baseline["reach"].get("per_seed_forward_passes", [])))
         quantity, better_below = "forward passes to MeZO's final dev", True
-        paired = paired_difference_ci95(_by_seed(method, _censored_passes(method)), _by_seed(baseline, _censored_passes(baseline)))
+        paired = paired_difference_ci95(_by_seed(method, ours), _by_seed(baseline, theirs))
         if any(missed):
             quantity += (f" (seeds that never reach it count as the budget: {missed[0]} of {len(ours)} here, "
                          f"{missed[1]} of {len(theirs)} of MeZO's)")
