@@ -315,6 +315,22 @@ def test_never_reaching_the_target_is_judged_by_the_censored_interval():
         510 - 4400 / 3)
 
 
+def test_a_zero_width_interval_is_marked_as_seeds_that_did_not_spread():
+    """lora-bbc: KerZOO reached MeZO's final dev at 792 forward passes in all three seeds; MeZO's seeds count
+    2,000 (one reached it at its last evaluation, two never did). No spread on either side: the interval is
+    one point, and the table says why rather than printing it as if exact."""
+    def info(passes, budget):
+        return {"tests": [0.7] * len(passes), "runs": [{"seed": s} for s in range(len(passes))],
+                "reach": {"forward_passes": None, "per_seed_forward_passes": passes}, "budget_forward_passes": budget}
+
+    result = verdict("faster", info([792, 792, 792], 1980), info([None, None, 2000], 2000))
+    assert result["low"] == result["high"] == pytest.approx(-1208)
+    row = verdict_table({"claims": [{"method": "kerzoo", "claim": "faster", **result}]})
+    assert "-1,208 (-1,208 to -1,208) [zero width: every seed gave the same value]" in row
+    spread = verdict("faster", info([792, 600, 792], 1980), info([None, None, 2000], 2000))
+    assert "zero width" not in verdict_table({"claims": [{"method": "kerzoo", "claim": "faster", **spread}]})
+
+
 def test_paired_interval_by_seed_is_shown_beside_the_verdict():
     """full-mr's test metrics: DiZO against MeZO per seed (0.786 / 0.726 / 0.772 against 0.790 / 0.722 / 0.764).
     Seed 1's split is hard for both, so the per-seed differences (-0.004, +0.004, +0.008) spread far less than

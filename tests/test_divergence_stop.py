@@ -159,3 +159,28 @@ def test_the_rule_needs_its_100_windows():
     with pytest.raises(ValueError, match="grid_stop_loss_ratio must be >= 1"):
         study(grid_stop_loss_ratio=0.5)
     assert math.isclose(study().grid_stop_loss_ratio, 1.5)
+
+
+def test_the_study_records_why_a_grid_run_stopped_without_its_temporary_checkpoint(tiny_dir, tmp_path,
+                                                                                   loss_jumps_after_step_30):
+    """The runner's run folders are deleted with it, so a diverged line keeps the reason and step, not a path
+    to a checkpoint that no longer exists; the exception itself still names it for `zotune train`."""
+    from zotune.bench.convergence import run_one
+
+    custom = {k: v for k, v in options(tiny_dir, tmp_path).items()
+              if k in ("data", "template", "label_words", "label_field")}
+    cfg = study(task="custom", model=str(tiny_dir), peft="lora", lr_grid={"mezo": [1e-2]}, eps=1e-2, seeds=[0],
+                batch_size=2, num_train=6, num_dev=2, num_eval=2, train_options=custom, threads=1)
+    line = run_one(cfg, RunKey("mezo", 1e-2, 0), zero_shot=False, workdir=tmp_path / "work")
+    assert line["status"] == "diverged"
+    assert line["error"] == ("training loss diverged: 1.6 over the last 10 of 100 windows, above 1.5x the first "
+                             "window's 1 (step 33); stopped (the runner keeps no checkpoints)")
+
+
+def test_a_diverged_error_survives_pickling_with_its_parts(tmp_path):
+    import pickle
+
+    error = TrainingDiverged("3 non-finite losses in a row (step 9)", "Try a smaller --lr.", tmp_path / "checkpoint")
+    copy = pickle.loads(pickle.dumps(error))
+    assert str(copy) == str(error) and copy.reason == error.reason and copy.checkpoint == error.checkpoint
+    assert str(error).endswith(f"; stopped. Try a smaller --lr. The best checkpoint is in {tmp_path / 'checkpoint'}")

@@ -348,7 +348,9 @@ def run_one(cfg: ConvergenceConfig, key: RunKey, zero_shot: bool, workdir: Path)
     try:
         summary = train(_train_config(cfg, key, out, zero_shot), echo=lambda _: None)
     except TrainingDiverged as exc:
-        summary, status, error = json.loads((out / "summary.json").read_text()), "diverged", str(exc)
+        # the run folder is temporary and goes with the runner, so the line names no checkpoint path
+        summary, status = json.loads((out / "summary.json").read_text()), "diverged"
+        error = f"{exc.reason}; stopped (the runner keeps no checkpoints)"
     metrics = _read_metrics(out)
     metric = summary["metric"]
     curve = [{"step": r["step"], "forward_passes": r["forward_passes"], "dev": r[f"dev_{metric}"], "wall_time": round(r["wall_time"], 1)}

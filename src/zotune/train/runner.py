@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,18 @@ LOSS_SPAN = 10
 
 class TrainingDiverged(RuntimeError):
     """Raised after ``max_nonfinite`` non-finite losses in a row, or when the training loss meets the
-    divergence rule (:func:`loss_divergence`); the last good checkpoint is kept."""
+    divergence rule (:func:`loss_divergence`); the last good checkpoint is kept.
+
+    ``reason`` says what happened and at which step, without the advice or the checkpoint's path, for callers
+    (the bench runner) whose run folder does not outlive them."""
+
+    def __init__(self, reason: str, advice: str, checkpoint: Path) -> None:
+        super().__init__(f"{reason}; stopped. {advice} The best checkpoint is in {checkpoint}")
+        self.reason, self.advice, self.checkpoint = reason, advice, checkpoint
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, Path]]:
+        # pickled with its own arguments (an exception's default passes only the message back)
+        return type(self), (self.reason, self.advice, self.checkpoint)
 
 
 def loss_window_size(steps: int, windows: int = LOSS_WINDOWS) -> int:
@@ -284,14 +296,13 @@ class Runner:
                     record["wall_time"] = time.perf_counter() - started
                     if self.state.consecutive_bad >= self.max_nonfinite:
                         self.folder.log(record)
-                        raise TrainingDiverged(
-                            f"{self.state.consecutive_bad} non-finite losses in a row (step {step}); stopped. "
-                            f"Try a smaller --lr or --eps. The best checkpoint is in {self.folder.path / 'checkpoint'}")
+                        raise TrainingDiverged(f"{self.state.consecutive_bad} non-finite losses in a row (step {step})",
+                                               "Try a smaller --lr or --eps.", self.folder.path / "checkpoint")
                     reason = self._loss_diverged()
                     if reason is not None:
                         self.folder.log(record)
-                        raise TrainingDiverged(f"{reason} (step {step}); stopped. Try a smaller --lr. "
-                                               f"The best checkpoint is in {self.folder.path / 'checkpoint'}")
+                        raise TrainingDiverged(f"{reason} (step {step})", "Try a smaller --lr.",
+                                               self.folder.path / "checkpoint")
                     if self.eval_every and step % self.eval_every == 0 and step != self.steps:
                         result = self.evaluate(step)
                         self.consider(step, result)
